@@ -1,0 +1,15 @@
+"""LLM4GEN's model code, free of ComfyUI: the Cross-Adapter Module, its checkpoints, and the LLM
+text encoders. Plain torch + transformers + safetensors + einops.
+
+    from llm4gen_core import load_cross_adapter
+    adapter = load_cross_adapter("projector.pth")
+    fused = adapter(clip_embeds, llm_embeds)        # [B, Tc + Tl, Dc]
+"""
+from .cam import CrossAdapter, CrossAdapterConfig
+from .checkpoint import load_cross_adapter, read_cross_adapter_state, save_cross_adapter
+from .errors import CheckpointError, FeatureMismatchError, LLM4GENError, LLMLoadError
+
+__all__ = [
+    "CrossAdapter", "CrossAdapterConfig", "load_cross_adapter", "read_cross_adapter_state",
+    "save_cross_adapter", "CheckpointError", "FeatureMismatchError", "LLM4GENError", "LLMLoadError",
+]

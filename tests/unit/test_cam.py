@@ -1,0 +1,162 @@
+"""The CAM against the release's equations, written out here independently of llm4gen_core."""
+import math
+
+import pytest
+import torch
+
+from llm4gen_core import CrossAdapter, CrossAdapterConfig, FeatureMismatchError, load_cross_adapter
+from synthetic.cam import RELEASE, cam_state, write_projector_pth
+
+ODD = CrossAdapterConfig(clip_dim=40, llm_dim=24, heads=5, ffn_dim=56, depth=2)
+
+
+def reference_fusion(state, clip, llm, heads, strength=1.0):
+    """DESIGN.md section 1, term by term, with explicit matmuls, softmax and layer norms,
+    in float64 so the comparison measures the module's error alone."""
+    state = {k: v.double() for k, v in state.items()}
+    clip, llm = clip.double(), llm.double()
+
+    def linear(x, name):
+        return x @ state[name + ".weight"].T + state[name + ".bias"]
+
+    def layer_norm(x, name, eps=1e-5):
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + eps) * state[name + ".weight"] + state[name + ".bias"]
+
+    def heads_first(x):
+        b, t, d = x.shape
+        return x.reshape(b, t, heads, d // heads).permute(0, 2, 1, 3)
+
+    c = clip
+    depth = len({k.split(".")[1] for k in state})
+    for i in range(depth):
+        p = f"CrossFusionModule.{i}."
+        l = linear(llm, p + "llm_proj")
+        q = heads_first(linear(layer_norm(l, p + "kv_norm"), p + "q_proj"))
+        cn = layer_norm(c, p + "q_norm")
+        k = heads_first(linear(cn, p + "k_proj"))
+        v = heads_first(linear(cn, p + "v_proj"))
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+        a = (weights @ v).permute(0, 2, 1, 3).reshape(l.shape)
+        l = linear(a, p + "out_proj") + l
+        h = linear(layer_norm(l, p + "norm"), p + "FFN.0")
+        h = h * torch.sigmoid(1.702 * h)
+        l = linear(h, p + "FFN.2") + l
+        c = torch.cat([c, l], dim=1)
+    tc = clip.shape[1]
+    return torch.cat([c[:, :tc], c[:, tc:] * strength], dim=1)
+
+
+@pytest.mark.parametrize("cfg,batch,tc,tl", [(RELEASE, 2, 77, 256), (ODD, 3, 7, 11)], ids=["release", "odd"])
+def test_matches_reference_equations_fp32(tmp_path, cfg, batch, tc, tl):
+    state = write_projector_pth(tmp_path / "projector.pth", cfg, seed=1)
+    adapter = load_cross_adapter(tmp_path / "projector.pth", heads=cfg.heads)
+    assert adapter.config == cfg
+    g = torch.Generator().manual_seed(2)
+    clip = torch.randn(batch, tc, cfg.clip_dim, generator=g)
+    llm = torch.randn(batch, tl, cfg.llm_dim, generator=g)
+    with torch.no_grad():
+        fused = adapter(clip, llm)
+    expected = reference_fusion(state, clip.double(), llm.double(), cfg.heads)
+    assert fused.shape == (batch, tc + cfg.depth * tl, cfg.clip_dim)
+    assert fused.dtype == torch.float32
+    assert (fused.double() - expected).abs().max().item() < 1e-5
+    assert torch.equal(fused[:, :tc], clip), "the CLIP tokens pass through unchanged"
+
+
+def test_release_shape_is_333_tokens():
+    adapter = CrossAdapter().eval()
+    assert adapter.output_tokens(77, 256) == 333
+    with torch.no_grad():
+        assert adapter(torch.randn(1, 77, 768), torch.randn(1, 256, 2048)).shape == (1, 333, 768)
+
+
+def test_q_norm_normalises_the_clip_side(tmp_path):
+    """Swapping the two norms (the naming trap) must change the result."""
+    state = cam_state(ODD, seed=3)
+    swapped = dict(state)
+    for kind in ("weight", "bias"):
+        for i in range(ODD.depth):
+            a, b = f"CrossFusionModule.{i}.q_norm.{kind}", f"CrossFusionModule.{i}.kv_norm.{kind}"
+            swapped[a], swapped[b] = state[b], state[a]
+    clip, llm = torch.randn(1, 5, ODD.clip_dim), torch.randn(1, 6, ODD.llm_dim)
+    adapter = CrossAdapter(ODD).eval()
+    adapter.load_state_dict(state)
+    with torch.no_grad():
+        fused = adapter(clip, llm)
+    assert (fused.double() - reference_fusion(state, clip.double(), llm.double(), ODD.heads)).abs().max() < 1e-5
+    assert (fused.double() - reference_fusion(swapped, clip.double(), llm.double(), ODD.heads)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.7])
+def test_strength_scales_only_the_llm_tokens(strength):
+    state = cam_state(ODD, seed=4)
+    adapter = CrossAdapter(ODD).eval()
+    adapter.load_state_dict(state)
+    clip, llm = torch.randn(2, 5, ODD.clip_dim), torch.randn(2, 6, ODD.llm_dim)
+    with torch.no_grad():
+        fused = adapter(clip, llm, strength=strength)
+    expected = reference_fusion(state, clip.double(), llm.double(), ODD.heads, strength)
+    assert (fused.double() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_finite_and_close(dtype):
+    cfg = CrossAdapterConfig(clip_dim=64, llm_dim=96, heads=8, ffn_dim=256)
+    state = cam_state(cfg, seed=5)
+    adapter = CrossAdapter(cfg).eval()
+    adapter.load_state_dict(state)
+    clip, llm = torch.randn(2, 77, 64) * 3, torch.randn(2, 64, 96) * 3
+    with torch.no_grad():
+        ref = adapter(clip, llm)
+        half = adapter.to(dtype)(clip.to(dtype), llm.to(dtype))
+    assert half.dtype == dtype
+    assert torch.isfinite(half).all()
+    assert (half.float() - ref).abs().max() < 0.25
+
+
+def test_output_follows_input_dtype_not_module_dtype():
+    adapter = CrossAdapter(ODD).eval()
+    with torch.no_grad():
+        out = adapter(torch.randn(1, 3, 40, dtype=torch.bfloat16), torch.randn(1, 4, 24, dtype=torch.float64))
+    assert out.dtype == torch.bfloat16
+
+
+def test_batch_one_broadcasts_both_ways():
+    adapter = CrossAdapter(ODD).eval()
+    clip, llm = torch.randn(3, 5, 40), torch.randn(1, 6, 24)
+    with torch.no_grad():
+        a = adapter(clip, llm)
+        b = adapter(clip, llm.expand(3, -1, -1).clone())
+        c = adapter(clip[:1], llm.expand(4, -1, -1))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert c.shape[0] == 4
+
+
+@pytest.mark.parametrize(
+    "clip_shape,llm_shape,needle",
+    [
+        ((1, 77, 512), (1, 256, 24), "CLIP features are 512 wide"),
+        ((1, 77, 40), (1, 256, 4096), "LLM features are 4096 wide"),
+        ((2, 77, 40), (3, 256, 24), "batch sizes do not match"),
+        ((77, 40), (1, 256, 24), "must be [batch, tokens"),
+        ((1, 0, 40), (1, 256, 24), "must be [batch, tokens"),
+    ],
+)
+def test_mismatched_features_give_clear_errors(clip_shape, llm_shape, needle):
+    adapter = CrossAdapter(ODD).eval()
+    with pytest.raises(FeatureMismatchError) as err:
+        adapter(torch.randn(clip_shape), torch.randn(llm_shape))
+    assert needle in str(err.value)
+
+
+def test_integer_features_are_refused():
+    adapter = CrossAdapter(ODD).eval()
+    with pytest.raises(FeatureMismatchError, match="floating point"):
+        adapter(torch.zeros(1, 3, 40, dtype=torch.long), torch.randn(1, 4, 24))
+
+
+def test_config_rejects_heads_that_do_not_divide():
+    with pytest.raises(ValueError, match="not divisible"):
+        CrossAdapterConfig(clip_dim=40, heads=3)

@@ -1,0 +1,136 @@
+"""The fusing nodes: CLIP+LLM Cross-Adapter and Apply LLM4GEN Conditioning.
+
+Both turn CLIP conditioning into LLM4GEN conditioning entry by entry: the CLIP tokens of each
+``[tensor, dict]`` go through the Cross-Adapter with the LLM features, and the dict is copied
+with every key kept (pooled output, areas, masks, strengths, timestep ranges, ControlNets,
+hooks). Inputs are never modified.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from comfy_api.latest import io
+
+from .patching import load_for_inference
+from .types import LLM4GENAdapter, LLM4GENEmbeds, LoadedAdapter
+
+log = logging.getLogger("LLM4GEN")
+
+CLIP_CHUNK = 77
+RELEASE_TOKENS = "first 77 (release)"
+ALL_TOKENS = "all chunks"
+MARKER = "llm4gen"  # records what a fused entry holds, so fusing twice starts from CLIP again
+CONTROLNET_KEY = "cross_attn_controlnet"
+
+
+def fusion_inputs() -> list:
+    """The inputs both fusing nodes share, after their own CLIP-side inputs."""
+    return [
+        LLM4GENAdapter.Input("adapter", tooltip="The Cross-Adapter from Load LLM4GEN Cross-Adapter."),
+        LLM4GENEmbeds.Input("llm_embeds", tooltip="LLM features from LLM Encode (batch 1 is repeated over "
+                                                  "a larger CLIP batch and vice versa)."),
+        io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                       tooltip="Scales the LLM tokens the Cross-Adapter appends (the paper's lambda). "
+                               "1.0 is the release; 0 leaves CLIP alone plus zeros."),
+        io.Combo.Input("clip_tokens", options=[RELEASE_TOKENS, ALL_TOKENS], default=RELEASE_TOKENS,
+                       tooltip="Which CLIP tokens to fuse. The release saw exactly 77; a prompt longer than 77 "
+                               "CLIP tokens gives ComfyUI 154+, which 'all chunks' keeps."),
+        io.Combo.Input("controlnet_context", options=["clip", "fused"], default="clip",
+                       tooltip="What a ControlNet attends to. clip: the plain CLIP tokens its training saw "
+                               "(stock SD1.5 ControlNets); fused: the same 333 tokens as the UNet."),
+    ]
+
+
+def fuse_conditioning(conditioning: list, adapter: LoadedAdapter, llm_embeds, strength: float,
+                      clip_tokens: str, controlnet_context: str) -> list:
+    """New CONDITIONING whose tensors are the CAM's fusion of each entry's CLIP tokens."""
+    if not conditioning:
+        raise ValueError("the conditioning input is empty: connect a CLIP Text Encode (or similar) output")
+    load_for_inference(adapter.patcher)
+    llm = llm_embeds.hidden_states
+    fused_entries = []
+    for index, (cond, options) in enumerate(conditioning):
+        clip = _clip_part(cond, options, clip_tokens, index)
+        fused = adapter.adapter(clip, llm, strength=strength)
+        new_options = options.copy()
+        if controlnet_context == "clip":
+            new_options.setdefault(CONTROLNET_KEY, clip)
+        else:
+            new_options.pop(CONTROLNET_KEY, None)
+        if "attention_mask" in options:  # only some models carry one; the release fuses unmasked
+            mask = options["attention_mask"][..., : clip.shape[1]]
+            new_options["attention_mask"] = torch.cat([mask, mask.new_ones(*mask.shape[:-1], fused.shape[1] - clip.shape[1])], -1)
+        new_options[MARKER] = {"clip_tokens": clip.shape[1], "llm_tokens": fused.shape[1] - clip.shape[1],
+                               "strength": strength, "adapter": adapter.name}
+        fused_entries.append([fused, new_options])
+    return fused_entries
+
+
+def _clip_part(cond: torch.Tensor, options: dict, clip_tokens: str, index: int) -> torch.Tensor:
+    if MARKER in options:  # already fused upstream: start again from its CLIP tokens
+        cond = cond[:, : options[MARKER]["clip_tokens"]]
+    if cond.shape[1] > CLIP_CHUNK:
+        if clip_tokens == RELEASE_TOKENS:
+            log.warning("LLM4GEN: conditioning entry %d has %d CLIP tokens (prompt longer than 77); fusing the "
+                        "first 77 as the release was trained. Set clip_tokens to 'all chunks' to keep all.",
+                        index, cond.shape[1])
+            return cond[:, :CLIP_CHUNK]
+        log.warning("LLM4GEN: fusing %d CLIP tokens; the released UNet was trained on 77 + 256.", cond.shape[1])
+    return cond
+
+
+class CLIPLLMCrossAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LLM4GENCLIPLLMCrossAdapter",
+            display_name="CLIP+LLM Cross-Adapter",
+            category="conditioning/llm4gen",
+            description="Encodes the prompt with CLIP and fuses it with the LLM features through the "
+                        "Cross-Adapter: the release's text path in one node (77 + 256 = 333 tokens).",
+            inputs=[
+                io.Clip.Input("clip", tooltip="SD1.5 CLIP (from the checkpoint or a CLIP loader); LoRA-patched "
+                                              "CLIP works. The release uses the last layer (clip skip -1)."),
+                io.String.Input("text", multiline=True, dynamic_prompts=True,
+                                tooltip="The prompt for CLIP: normally the same text as LLM Encode's. Prompt "
+                                        "weights like (word:1.2) and embeddings work as in CLIP Text Encode."),
+                *fusion_inputs(),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="Conditioning for the LLM4GEN UNet: fused CLIP+LLM tokens.")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, adapter, llm_embeds, strength, clip_tokens, controlnet_context) -> io.NodeOutput:
+        if clip is None:
+            raise RuntimeError("clip input is invalid: None (the checkpoint has no CLIP; load one with a CLIP loader)")
+        if getattr(clip, "layer_idx", None) not in (None, -1):
+            log.warning("LLM4GEN: CLIP uses clip skip %s; the release was trained on the last layer (-1)",
+                        clip.layer_idx)
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        return io.NodeOutput(fuse_conditioning(conditioning, adapter, llm_embeds, strength, clip_tokens,
+                                               controlnet_context))
+
+
+class ApplyLLM4GENConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LLM4GENApplyConditioning",
+            display_name="Apply LLM4GEN Conditioning",
+            category="conditioning/llm4gen",
+            description="Fuses LLM features into existing CLIP conditioning through the Cross-Adapter, entry by "
+                        "entry, keeping everything else in it (pooled output, areas, masks, timestep ranges, "
+                        "ControlNets). Composes with CLIP Text Encode, LoRA, clip skip, combine/area nodes.",
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="CLIP conditioning, e.g. from CLIP Text Encode."),
+                *fusion_inputs(),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="The same conditioning with fused CLIP+LLM tokens.")],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, adapter, llm_embeds, strength, clip_tokens, controlnet_context) -> io.NodeOutput:
+        return io.NodeOutput(fuse_conditioning(conditioning, adapter, llm_embeds, strength, clip_tokens,
+                                               controlnet_context))

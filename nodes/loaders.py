@@ -1,0 +1,90 @@
+"""Loader nodes: the LLM and the Cross-Adapter, from ComfyUI's model folders, local files only."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.model_management as mm
+from comfy_api.latest import io
+
+from ..llm4gen_core import load_cross_adapter, load_llm
+from . import model_folders
+from .patching import choose_dtype, make_patcher
+from .types import LLM4GENAdapter, LLM4GENLLM, LoadedAdapter, LoadedLLM
+
+log = logging.getLogger("LLM4GEN")
+
+
+class LoadLLM(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LLM4GENLoadLLM",
+            display_name="Load LLM (LLM4GEN)",
+            category="loaders/llm4gen",
+            description="Loads the LLM whose token features LLM4GEN fuses with CLIP's. The release "
+                        "uses the RankGen T5-XL encoder (kalpeshk2011/rankgen-t5-xl-all).",
+            inputs=[
+                io.Combo.Input(
+                    "model", options=model_folders.llm_choices(),
+                    tooltip="A model folder (Hugging Face layout, e.g. the RankGen T5-XL folder) or a single "
+                            ".safetensors T5 encoder, from models/text_encoders or models/LLM. Never downloaded.",
+                ),
+                io.Combo.Input(
+                    "dtype", options=["auto", "fp32", "bf16", "fp16"], default="auto",
+                    tooltip="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.",
+                ),
+                io.Combo.Input(
+                    "device", options=["default", "cpu"], default="default",
+                    tooltip="default: ComfyUI's text-encoder device (the GPU unless low-VRAM settings say "
+                            "otherwise), offloaded when the UNet needs the memory. cpu: always on the CPU.",
+                ),
+            ],
+            outputs=[LLM4GENLLM.Output(display_name="llm", tooltip="The loaded LLM, for LLM Encode.")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
+        path = model_folders.llm_path(model)
+        load_device = mm.text_encoder_device() if device == "default" else torch.device("cpu")
+        offload_device = mm.text_encoder_offload_device() if device == "default" else load_device
+        compute_dtype = choose_dtype(load_device, dtype)
+        tokenizer = None if model_folders.has_tokenizer(path) else model_folders.comfy_t5_tokenizer()
+        if tokenizer:
+            log.info("LLM4GEN: %s has no tokenizer files; using ComfyUI's T5 tokenizer (%s)", model, tokenizer)
+        llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device)
+        patcher = make_patcher(llm.model, load_device, offload_device)
+        log.info("LLM4GEN: loaded %s (%s, %d-d features, %s on %s)", model, llm.kind, llm.hidden_size,
+                 compute_dtype, load_device)
+        return io.NodeOutput(LoadedLLM(llm=llm, patcher=patcher, name=model))
+
+
+class LoadCrossAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LLM4GENLoadCrossAdapter",
+            display_name="Load LLM4GEN Cross-Adapter",
+            category="loaders/llm4gen",
+            description="Loads the Cross-Adapter Module (CAM) that fuses LLM and CLIP token features.",
+            inputs=[
+                io.Combo.Input(
+                    "adapter_name", options=model_folders.adapter_choices(),
+                    tooltip="Cross-Adapter weights from models/llm4gen: the release's projector.pth or a "
+                            ".safetensors copy (python -m llm4gen_core.convert). .pth files are read without "
+                            "running any code in them.",
+                ),
+            ],
+            outputs=[LLM4GENAdapter.Output(display_name="adapter", tooltip="The Cross-Adapter, for the fusing nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, adapter_name: str) -> io.NodeOutput:
+        path = model_folders.adapter_path(adapter_name)
+        adapter = load_cross_adapter(path)
+        cfg = adapter.config
+        patcher = make_patcher(adapter, mm.get_torch_device(), mm.unet_offload_device())
+        log.info("LLM4GEN: loaded Cross-Adapter %s (CLIP %d / LLM %d, %d heads, depth %d)",
+                 adapter_name, cfg.clip_dim, cfg.llm_dim, cfg.heads, cfg.depth)
+        return io.NodeOutput(LoadedAdapter(adapter=adapter, patcher=patcher, name=adapter_name))

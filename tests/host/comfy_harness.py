@@ -15,6 +15,7 @@ Both hosts share the base directory and the same ``run() -> RunResult`` API, rai
 from __future__ import annotations
 
 import asyncio
+import atexit
 import copy
 import gc
 import json
@@ -254,6 +255,16 @@ class InProcessComfy:
     def node_class(self, class_type: str):
         return self.nodes.NODE_CLASS_MAPPINGS[class_type]
 
+    def pack_module(self, link: str = PACK_LINK):
+        """The module ComfyUI imported for a custom node pack. ComfyUI names it by its path,
+        ``<base>/custom_nodes/<link>`` with "." replaced by "_x_", so relative imports inside
+        the pack resolve below that name (``<that name>.nodes``), apart from anything the
+        tests import under the pack's own package names."""
+        name = str(self.base.root / "custom_nodes" / link).replace(".", "_x_")
+        if name not in sys.modules:
+            raise KeyError(f"ComfyUI has not imported {link} (see the log for why)")
+        return sys.modules[name]
+
     def node_output(self, node_id: str):
         """The Python outputs (tuple, one entry per output socket) a node of the last prompt
         produced, from the executor's cache: e.g. the CONDITIONING list of an encode node."""
@@ -296,6 +307,18 @@ class InProcessComfy:
 
 # --- server ---------------------------------------------------------------------------------
 
+def _die_with_parent() -> None:
+    """In the server child, before exec (Linux): SIGTERM when the test process dies, so a
+    killed pytest never leaves a ComfyUI server behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -322,7 +345,9 @@ class ComfyServer:
         start = time.perf_counter()
         self._log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.command, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT)
+                                        stdout=self._log_file, stderr=subprocess.STDOUT,
+                                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        atexit.register(self.stop)
         try:
             self._wait_until_up(start_timeout)
         except BaseException:
@@ -405,6 +430,7 @@ class ComfyServer:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def stop(self) -> None:
+        """Terminate the server (our own child, by its pid) and wait for it."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -412,4 +438,5 @@ class ComfyServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=15)
-        self._log_file.close()
+        if not self._log_file.closed:
+            self._log_file.close()

@@ -12,7 +12,21 @@ All session-scoped, sharing one temp ``--base-directory``:
   report of any failing test that used it.
 - ``comfy_host``: parametrised over both, for tests that must hold in either.
 
-Every test under tests/host is marked ``host``.
+Every test under tests/host is marked ``host``. A new host test looks like::
+
+    import pytest
+    import stock_graphs as g
+
+    pytestmark = pytest.mark.host
+
+    def test_my_node(comfy_host, comfy_base, sd15_checkpoint, clip_reference):
+        cam = comfy_base.place("llm4gen", some_file)            # name for the loader's combo
+        prompt = g.txt2img(sd15_checkpoint, "a cat", "")        # stock graph with the recorder
+        prompt["my"] = {"class_type": "LLM4GENApplyConditioning", "inputs": {...}}
+        prompt[g.SAMPLER]["inputs"]["positive"] = ["my", 0]
+        result = comfy_host.run(prompt)                         # raises ComfyValidationError /
+        (call, _) = result.records("unet")                      #   ComfyExecutionError
+        assert call["context_shape"] == [2, 333, 768]
 """
 from __future__ import annotations
 

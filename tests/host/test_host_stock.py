@@ -119,6 +119,14 @@ def test_cross_attn_controlnet_on_one_side_splits_the_batch(comfy_inprocess, sd1
         torch.testing.assert_close(cnet["context"][0].float(), expected, **CLIP_TOL)
 
 
+def test_small_checkpoint_unet_has_no_diffusers_form(comfy_inprocess):
+    """ComfyUI recognises diffusers UNets only by a fixed list of layouts: the one-level UNet
+    of the small checkpoint is not among them, so the builder refuses rather than writing a
+    file UNETLoader would reject."""
+    with pytest.raises(ValueError, match="fixed list of layouts"):
+        sd15.diffusers_unet(sd15.small_sd15_checkpoint())
+
+
 @pytest.fixture(scope="module")
 def xs_unet_name(comfy_base):
     folder = sd15.small_diffusers_unet().parent

@@ -75,7 +75,8 @@ def full_sd15_checkpoint() -> Path:
 
 
 def diffusers_unet(checkpoint: str | os.PathLike) -> Path:
-    """The checkpoint's UNet as ``<cache>/<stem>.diffusers-unet/diffusion_pytorch_model.safetensors``.
+    """The checkpoint's UNet as ``<cache>/<stem>.diffusers-unet/diffusion_pytorch_model.safetensors``
+    (cached by the checkpoint's file name: meant for the builders' own checkpoints).
 
     Raises ValueError when ComfyUI could not load that UNet layout in diffusers form (it only
     knows a fixed list of them; the small checkpoint's one-level UNet is not among them)."""
@@ -219,17 +220,25 @@ def _save(state: dict, path: Path, metadata: dict | None = None) -> None:
 
 
 def _cached(relative: str, build) -> Path:
-    """``models_dir()/relative``, built by ``build(temp_path)`` and renamed into place if missing."""
+    """``models_dir()/relative``, built by ``build(temp_path)`` and renamed into place if missing
+    (a reader sees the whole file or none; two builders racing both write the same bytes)."""
     target = models_dir() / relative
     if target.exists():
         return target
+    created = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         build(Path(tmp))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if created and not target.exists():
+            try:
+                target.parent.rmdir()
+            except OSError:
+                pass
     return target

@@ -421,6 +421,8 @@ class ComfyServer:
         self.request("POST", "/interrupt", {})
 
     def free(self) -> None:
+        """POST /free. ComfyUI's worker reads the flag only when it next takes a prompt off the
+        queue, so models are unloaded after the next prompt (or ~1000 s idle), not at once."""
         self.request("POST", "/free", {"unload_models": True, "free_memory": True})
 
     def log(self) -> str:

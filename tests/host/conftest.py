@@ -1,0 +1,98 @@
+"""Fixtures that run graphs in a real, unmodified ComfyUI (see comfy_harness.py).
+
+All session-scoped, sharing one temp ``--base-directory``:
+
+- ``comfy_base``: the base directory (``ComfyBase``); ``comfy_base.place(folder, path)`` links
+  a model file or folder in and returns the name loaders list it under.
+- ``sd15_checkpoint``: name of the small random SD1.5 checkpoint in ``models/checkpoints``.
+- ``sd15_parts``: names of that checkpoint's CLIP (``text_encoders``) and VAE (``vae``) files.
+- ``clip_reference``: its CLIP text features computed by transformers, not ComfyUI.
+- ``comfy_inprocess``: ComfyUI imported into this process (``InProcessComfy``).
+- ``comfy_server``: ``main.py`` on 127.0.0.1 (``ComfyServer``); its log is attached to the
+  report of any failing test that used it.
+- ``comfy_host``: parametrised over both, for tests that must hold in either.
+
+Every test under tests/host is marked ``host``. A new host test looks like::
+
+    import pytest
+    import stock_graphs as g
+
+    pytestmark = pytest.mark.host
+
+    def test_my_node(comfy_host, comfy_base, sd15_checkpoint, clip_reference):
+        cam = comfy_base.place("llm4gen", some_file)            # name for the loader's combo
+        prompt = g.txt2img(sd15_checkpoint, "a cat", "")        # stock graph with the recorder
+        prompt["my"] = {"class_type": "LLM4GENApplyConditioning", "inputs": {...}}
+        prompt[g.SAMPLER]["inputs"]["positive"] = ["my", 0]
+        result = comfy_host.run(prompt)                         # raises ComfyValidationError /
+        (call, _) = result.records("unet")                      #   ComfyExecutionError
+        assert call["context_shape"] == [2, 333, 768]
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import comfy_harness
+from synthetic import sd15
+from synthetic.clip_reference import ClipLReference
+
+HOST_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HOST_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.host)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item.session, "_llm4gen_comfy_server", None)
+    uses_server = "comfy_server" in item.fixturenames or getattr(getattr(item, "callspec", None), "params", {}).get("comfy_host") == "server"
+    if report.failed and server is not None and uses_server:
+        report.sections.append(("ComfyUI server log (last 150 lines)", server.log_tail(150)))
+
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory) -> comfy_harness.ComfyBase:
+    return comfy_harness.ComfyBase(tmp_path_factory.mktemp("comfy-base"))
+
+
+@pytest.fixture(scope="session")
+def sd15_checkpoint(comfy_base) -> str:
+    return comfy_base.place("checkpoints", sd15.small_sd15_checkpoint(), "sd15-small.safetensors")
+
+
+@pytest.fixture(scope="session")
+def sd15_parts(comfy_base) -> dict[str, str]:
+    checkpoint = sd15.small_sd15_checkpoint()
+    return {"clip": comfy_base.place("text_encoders", sd15.clip_l_file(checkpoint)),
+            "vae": comfy_base.place("vae", sd15.vae_file(checkpoint))}
+
+
+@pytest.fixture(scope="session")
+def clip_reference() -> ClipLReference:
+    return ClipLReference(sd15.clip_l_file(sd15.small_sd15_checkpoint()))
+
+
+@pytest.fixture(scope="session")
+def comfy_inprocess(comfy_base) -> comfy_harness.InProcessComfy:
+    return comfy_harness.InProcessComfy(comfy_base)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_base, request) -> comfy_harness.ComfyServer:
+    server = comfy_harness.ComfyServer(comfy_base)
+    request.session._llm4gen_comfy_server = server
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session", params=["inprocess", "server"])
+def comfy_host(request):
+    """Either host; both have run(prompt) -> RunResult, interrupt(), free()."""
+    return request.getfixturevalue(f"comfy_{request.param}")

@@ -166,24 +166,45 @@ def load_decoder(folder: Path, dtype: torch.dtype):
     from transformers import AutoConfig, AutoModel
 
     weight_files(folder)  # a clear error when there are none, before transformers' own
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report lists the unused LM head; real problems are raised below
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
         model, info = AutoModel.from_pretrained(
-            str(folder), config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
-            output_loading_info=True,
+            str(folder), config=config, **{_dtype_kwarg(): dtype}, local_files_only=True, trust_remote_code=False,
+            output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, with our wording
         )
-    except LLMLoadError:
-        raise
-    except Exception as exc:  # size mismatches, corrupt files, missing classes: all worded by transformers
+    except Exception as exc:  # corrupt files, missing classes, ...: worded by transformers
         raise LLMLoadError(f"{folder}: cannot load the LLM ({first_line(exc)})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     problems = []
+    if info.get("mismatched_keys"):
+        wrong = [_mismatch(entry) for entry in sorted(info["mismatched_keys"], key=str)]
+        problems.append(f"shapes that do not match config.json: {listed(wrong, 4)}")
     if info.get("missing_keys"):
         problems.append(f"weights missing from the files: {listed(sorted(info['missing_keys']), 4)}")
-    if info.get("mismatched_keys"):
-        problems.append(f"weights whose shapes do not match config.json: {listed(sorted(map(str, info['mismatched_keys'])), 4)}")
     if problems:
-        raise LLMLoadError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems))
+        raise LLMLoadError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems)
+                           + " (are the config and the weights from the same model?)")
     return model.eval().requires_grad_(False)
+
+
+def _mismatch(entry) -> str:
+    if isinstance(entry, tuple) and len(entry) == 3:  # (key, shape in the file, shape the config wants)
+        key, found, wanted = entry
+        return f"{key} {tuple(found)} (config.json wants {tuple(wanted)})"
+    return str(entry)
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed from_pretrained's ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -96,19 +96,28 @@ def t5_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
-def tiny_t5_rankgen_folder(folder, model, fmt: str = "bin", tokenizer_from=None) -> Path:
-    """RankGen's layout: a custom-code config.json and the encoder under ``t5_encoder.``."""
+def tiny_t5_rankgen_folder(folder, model, fmt: str = "bin", tokenizer_from=None, config_style: str = "release") -> Path:
+    """RankGen's layout (kalpeshk2011/rankgen-t5-*): custom code, the encoder under ``t5_encoder.``
+    beside a ``projection`` layer, no tokenizer.
+
+    config_style "release": config.json as RankGen ships it (a T5 config plus ``auto_map`` to its
+    T5EncoderWithProjection); "custom": a config.json that is no T5 config at all, so the T5
+    config must come from the tensor shapes.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "architectures": ["RankGenEncoder"], "model_type": "rankgen", "model_size": "xl",
-        "auto_map": {"AutoConfig": "rankgen_configuration.RankGenConfig", "AutoModel": "rankgen_encoder.RankGenEncoder"},
-        "torch_dtype": "float32", "transformers_version": "4.20.1",
-    }
+    custom = {"architectures": ["T5EncoderWithProjection"],
+              "auto_map": {"AutoModel": "modeling_rankgen.T5EncoderWithProjection"}}
+    if config_style == "release":
+        config = {**model.config.to_dict(), **custom, "is_encoder_decoder": True, "transformers_version": "4.20.1"}
+    else:
+        config = {**custom, "model_type": "rankgen", "model_size": "xl"}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     # The custom code a user must never need: its presence proves it is not run.
-    (folder / "rankgen_encoder.py").write_text("raise RuntimeError('custom model code was executed')\n")
+    (folder / "modeling_rankgen.py").write_text("raise RuntimeError('custom model code was executed')\n")
     state = {f"t5_encoder.{k}": v for k, v in t5_state(model).items()}
+    d_model = model.config.d_model
+    state["projection.weight"] = torch.randn(d_model, d_model, generator=torch.Generator().manual_seed(9))
     if fmt == "bin":
         torch.save(state, folder / "pytorch_model.bin")
     else:

@@ -147,11 +147,25 @@ def test_relu_t5_config_is_inferred_from_shapes(tmp_path, tok, sp):
     torch.testing.assert_close(llm.encode(PROMPTS[:3], max_tokens=64).hidden_states, expected, atol=1e-5, rtol=0)
 
 
-def test_rankgen_config_is_inferred_not_run(rankgen, tok):
+def test_rankgen_release_config_is_read_not_run(rankgen, tok):
     cfg = load_llm(rankgen, tokenizer_path=tok).model.config
     assert (cfg.d_model, cfg.d_kv, cfg.num_heads, cfg.d_ff, cfg.num_layers, cfg.vocab_size) == (32, 8, 4, 64, 2, 512)
     assert cfg.is_gated_act and cfg.dense_act_fn == "gelu_new"
-    assert (rankgen / "rankgen_encoder.py").is_file()  # raises if executed: loading did not run it
+    assert (rankgen / "modeling_rankgen.py").is_file()  # raises if executed: loading did not run it
+
+
+def test_rankgen_with_a_non_t5_config_infers_it_from_shapes(tmp_path, model, tok, reference):
+    folder = tiny_t5_rankgen_folder(tmp_path / "rg", model, config_style="custom")
+    llm = load_llm(folder, tokenizer_path=tok)
+    cfg = llm.model.config
+    assert (cfg.d_model, cfg.d_kv, cfg.num_heads, cfg.d_ff, cfg.num_layers, cfg.vocab_size) == (32, 8, 4, 64, 2, 512)
+    assert cfg.is_gated_act and cfg.dense_act_fn == "gelu_new"
+    assert_matches(llm.encode(PROMPTS), reference)
+
+
+def test_rankgen_folder_with_its_own_tokenizer(tmp_path, model, tok, reference):
+    folder = tiny_t5_rankgen_folder(tmp_path / "rg", model, tokenizer_from=tok)
+    assert_matches(load_llm(folder, tokenizer_path=tmp_path / "ignored").encode(PROMPTS), reference)
 
 
 def test_batches_larger_than_a_chunk_and_other_lengths(rankgen, tok, sp, model):

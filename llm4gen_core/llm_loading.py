@@ -95,7 +95,9 @@ def read_weights(files: list[Path], dtype: torch.dtype, keep=lambda key: True) -
     so a fp32 checkpoint loaded as bf16 never sits in memory whole in fp32)."""
     state: dict[str, torch.Tensor] = {}
     for file in files:
-        for key, tensor in _read_file(file, keep).items():
+        tensors = _read_file(file, keep)
+        while tensors:  # popped, so each source tensor is freed once cast
+            key, tensor = tensors.popitem()
             state[key] = _cast(key, tensor, dtype)
     return state
 

@@ -162,11 +162,16 @@ def test_comfyui_t5_tokenizer_matches_the_tokenizers_library_on_plain_text():
 
 
 @needs_comfy
-def test_comfyui_t5_tokenizer_known_ids():
-    """Ids any T5 v1.1 tokenizer gives: "pre" is 554, </s> 1, <extra_id_0> 32099."""
+def test_comfyui_t5_tokenizer_pieces_of_the_empty_prompt():
+    """The release's negative prompt "" is "pre " -> the pieces ▁pre, </s>; T5's sentinels count
+    down from 32099 (<extra_id_0>) after the 32000 sentencepiece ids."""
+    from tokenizers import Tokenizer
+
+    rust = Tokenizer.from_file(str(COMFY_T5 / "tokenizer.json"))
     ours = load_t5_tokenizer(COMFY_T5)
-    assert ours.tokenize("pre ") == [554, 1]
-    assert ours.tokenize("pre x<extra_id_0>") [-2:] == [32099, 1]
+    assert [rust.id_to_token(i) for i in ours.tokenize("pre ")] == ["▁pre", "</s>"]
+    assert ours.tokenize("pre x<extra_id_0>")[-2:] == [32099, 1]
+    assert ours.processor.get_piece_size() == 32000
 
 
 @needs_comfy

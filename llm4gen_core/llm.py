@@ -131,8 +131,9 @@ def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer
     dtype: None/"auto" (fp32 on CPU; bf16 on CUDA where supported, else fp16), "fp32", "bf16",
         "fp16" or a torch dtype. device: None (CUDA if available, else CPU) or a torch device.
     hidden_layer / template ("plain" | "chat"): which hidden state, and how the prompt is wrapped,
-        for decoder-only LLMs (ignored for T5 encoders, which give their last hidden state): -1 the last, after the final norm; k: ``hidden_states[k]``, 0 being
-        the embeddings). prefix: put before every prompt; None = "pre " for T5, "" for decoders.
+        for decoder-only LLMs; T5 encoders ignore them and give their last hidden state.
+        hidden_layer -1 is the last (after the final norm), k is ``hidden_states[k]`` (0: the
+        embeddings). prefix: put before every prompt; None = "pre " for T5, "" for decoders.
     """
     path = Path(path).expanduser()
     if not path.exists():

@@ -1,0 +1,205 @@
+"""The LLM side of LLM4GEN: load a text encoder from local files, turn prompts into token features.
+
+    from llm4gen_core import load_llm
+    llm = load_llm("models/text_encoders/rankgen-t5-xl-all", tokenizer_path="comfy/.../t5_tokenizer")
+    out = llm.encode(["a long, dense prompt ..."])      # out.hidden_states: [B, 256, 2048]
+
+For the release (RankGen's T5-XL encoder) this is DESIGN.md section 1 exactly: each prompt gets
+the prefix ``"pre "``, is tokenized with ``</s>``, cut to its first 256 ids (a longer prompt loses
+``</s>``) or right-padded with id 0, and the encoder's last hidden state is returned at all 256
+positions, padding included, with the attention mask that was passed to the encoder.
+
+Decoder-only LLMs (Llama, Qwen2/3, Gemma, Mistral folders) go the same way for adapters trained on
+them: their own tokenizer (plain, or the chat template around the prompt), right padding, and the
+hidden state of a chosen layer.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import LLM4GENError, LLMLoadError
+from .llm_loading import (
+    DECODER_TYPES, T5_TYPES, decoder_layers, load_decoder, load_t5_encoder, model_type_of, resolve_device,
+    resolve_dtype,
+)
+from .tokenization import HFTokenizer, find_t5_tokenizer_file, has_hf_tokenizer, load_t5_tokenizer
+
+T5_PREFIX = "pre "  # RankGen's marker for a prefix (as opposed to "suffi " for a suffix)
+BATCH_CHUNK = 8     # prompts per encoder call: bounds activation memory for long prompt lists
+
+
+@dataclass
+class EncodedText:
+    """LLM token features of a batch of prompts, padded/truncated to ``max_tokens``."""
+
+    hidden_states: torch.Tensor   # [B, max_tokens, D], model's device and dtype, padding positions kept
+    attention_mask: torch.Tensor  # [B, max_tokens] long: 1 on tokens, 0 on padding
+    input_ids: torch.Tensor       # [B, max_tokens] long
+    token_counts: list[int]       # tokens of each prompt before truncation/padding (incl. </s>)
+    truncated: list[bool]         # whether a prompt had more than max_tokens tokens
+
+
+class LLMEncoder:
+    """A loaded LLM text encoder and its tokenizer. ``model`` may be moved between devices (and
+    wrapped) by the caller: :meth:`encode` runs wherever the module is at call time."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, kind: str, prefix: str, hidden_layer: int, source: str):
+        self.model, self.tokenizer, self.kind = model, tokenizer, kind
+        self.prefix, self.hidden_layer, self.source = prefix, hidden_layer, source
+        config = model.config
+        self.hidden_size = int(config.d_model if kind == "t5-encoder" else config.hidden_size)
+
+    def __repr__(self) -> str:
+        return f"LLMEncoder({self.kind}, D={self.hidden_size}, {self.dtype}, {self.device}, from {self.source})"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype (T5 in fp16 keeps its feed-forward output projections in fp32)."""
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return self.model.encoder.block if self.kind == "t5-encoder" else decoder_layers(self.model)
+
+    def tokenize(self, texts: str | Sequence[str], max_tokens: int = 256):
+        """(input_ids, attention_mask, token_counts, truncated) for the prompts, on the CPU."""
+        texts = _as_prompt_list(texts)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise LLM4GENError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        pad_id = self.tokenizer.pad_id if self.kind == "decoder" else 0  # the release pads T5 with 0
+        ids = torch.full((len(texts), max_tokens), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), max_tokens), dtype=torch.long)
+        counts = []
+        for row, text in enumerate(texts):
+            tokens = self.tokenizer.tokenize(self.prefix + text)
+            counts.append(len(tokens))
+            kept = tokens[:max_tokens]
+            ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.long)
+            mask[row, : len(kept)] = 1
+        return ids, mask, counts, [n > max_tokens for n in counts]
+
+    def encode(self, texts: str | Sequence[str], max_tokens: int = 256,
+               step_callback: Callable[[int, int], None] | None = None) -> EncodedText:
+        """Features of ``texts`` ([B, max_tokens, D]). ``step_callback(done, total)`` is called after
+        each transformer layer of each batch chunk; an exception it raises aborts the encode."""
+        input_ids, attention_mask, counts, truncated = self.tokenize(texts, max_tokens)
+        device = self.device
+        chunks = list(zip(input_ids.split(BATCH_CHUNK), attention_mask.split(BATCH_CHUNK)))
+        hooks = []
+        if step_callback is not None:
+            total, done = len(chunks) * len(self.layers), [0]
+
+            def report(*_):
+                done[0] += 1
+                step_callback(done[0], total)
+
+            hooks = [layer.register_forward_hook(report) for layer in self.layers]
+        try:
+            with torch.no_grad():
+                outputs = [self._forward(ids.to(device), mask.to(device)) for ids, mask in chunks]
+        finally:
+            for hook in hooks:
+                hook.remove()
+        hidden = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return EncodedText(hidden, attention_mask.to(device), input_ids.to(device), counts, truncated)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.kind == "t5-encoder":
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.hidden_layer == -1:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[self.hidden_layer]
+
+
+def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer: int = -1,
+             template: str = "plain", prefix: str | None = None) -> LLMEncoder:
+    """Load an LLM text encoder from local files.
+
+    path: a model folder (HF layout, or RankGen's with weights under ``t5_encoder.``) or a single
+        ``.safetensors``/``.bin``/``.pth`` file holding a T5 encoder state dict.
+    tokenizer_path: a tokenizer folder or file, used when the model folder has no tokenizer of its
+        own (a tokenizer in the model's folder wins). Required for a single weights file.
+    dtype: None/"auto" (fp32 on CPU; bf16 on CUDA where supported, else fp16), "fp32", "bf16",
+        "fp16" or a torch dtype. device: None (CUDA if available, else CPU) or a torch device.
+    hidden_layer / template ("plain" | "chat"): which hidden state, and how the prompt is wrapped,
+        for decoder-only LLMs; T5 encoders ignore them and give their last hidden state.
+        hidden_layer -1 is the last (after the final norm), k is ``hidden_states[k]`` (0: the
+        embeddings). prefix: put before every prompt; None = "pre " for T5, "" for decoders.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise LLMLoadError(f"{path}: no such file or folder (put the LLM under models/text_encoders or models/LLM)")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    model_type, config = model_type_of(path) if path.is_dir() else (None, {})
+    if model_type in DECODER_TYPES:
+        return _load_decoder(path, tokenizer_path, dtype, device, hidden_layer, template, prefix)
+    if path.is_dir() and model_type is not None and model_type not in T5_TYPES and not _custom_config(config):
+        raise LLMLoadError(
+            f"{path}: unsupported architecture {model_type!r} (config.json); supported: T5 encoders "
+            f"(RankGen, t5, mt5) and decoder-only LLMs ({', '.join(DECODER_TYPES)})"
+        )
+    tokenizer = load_t5_tokenizer(_t5_tokenizer_source(path, tokenizer_path))
+    model = load_t5_encoder(path, dtype, config).to(device)
+    _check_vocab_fits(tokenizer, model, path)
+    return LLMEncoder(model, tokenizer, "t5-encoder", T5_PREFIX if prefix is None else prefix, -1, str(path))
+
+
+def _load_decoder(path, tokenizer_path, dtype, device, hidden_layer, template, prefix) -> LLMEncoder:
+    if has_hf_tokenizer(path):
+        tokenizer_source = path
+    elif tokenizer_path is not None:
+        tokenizer_source = Path(tokenizer_path)
+    else:
+        raise LLMLoadError(f"{path}: no tokenizer in the model folder and no tokenizer_path given")
+    tokenizer = HFTokenizer(tokenizer_source, template)
+    model = load_decoder(path, dtype).to(device)
+    n_states = len(decoder_layers(model)) + 1  # embeddings + one per layer
+    if isinstance(hidden_layer, bool) or not isinstance(hidden_layer, int) or not -n_states <= hidden_layer < n_states:
+        raise LLMLoadError(f"{path}: hidden_layer {hidden_layer!r} out of range: this model has hidden states "
+                           f"0..{n_states - 1} (or -{n_states}..-1 from the end)")
+    _check_vocab_fits(tokenizer, model, path)
+    return LLMEncoder(model, tokenizer, "decoder", "" if prefix is None else prefix, hidden_layer, str(path))
+
+
+def _custom_config(config: dict) -> bool:
+    """RankGen's own config.json (custom code we never run): weights decide whether it is a T5."""
+    return bool(config.get("auto_map")) or "model_size" in config
+
+
+def _t5_tokenizer_source(path: Path, tokenizer_path) -> Path:
+    if path.is_dir() and find_t5_tokenizer_file(path) is not None:
+        return path
+    if tokenizer_path is not None:
+        return Path(tokenizer_path).expanduser()
+    where = "this folder has none" if path.is_dir() else "a single weights file carries none"
+    raise LLMLoadError(
+        f"{path}: no tokenizer ({where}); pass tokenizer_path: T5's tokenizer folder (spiece.model or "
+        "tokenizer.json), e.g. ComfyUI's comfy/text_encoders/t5_tokenizer"
+    )
+
+
+def _check_vocab_fits(tokenizer, model, path: Path) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tokenizer.vocab_size > rows:
+        raise LLMLoadError(
+            f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the model at {path} embeds only "
+            f"{rows}: they do not belong together (use the tokenizer the model was trained with)"
+        )
+
+
+def _as_prompt_list(texts) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) for t in texts):
+        raise LLM4GENError(f"texts must be a string or a non-empty list of strings, got {type(texts).__name__}")
+    return list(texts)

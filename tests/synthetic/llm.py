@@ -1,0 +1,206 @@
+"""Tiny random LLM text encoders and tokenizers, saved in every layout ``load_llm`` reads.
+
+Everything is built here with transformers / sentencepiece / tokenizers directly (never through
+``llm4gen_core``), small (d_model 32) and deterministic, so tests can compare the pack's output with
+a reference they compute themselves. Each builder returns the path it wrote.
+
+    tok = tiny_spm_tokenizer(tmp / "tok")                 # folder with a T5-style spiece.model
+    model = tiny_t5_encoder()                             # transformers.T5EncoderModel, random
+    folder = tiny_t5_rankgen_folder(tmp / "rankgen", model)   # RankGen layout (t5_encoder.* keys)
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+# Words and scripts the tiny vocabularies learn; characters outside them (emoji, most CJK) are
+# unknown to the tokenizer, as rare characters are to T5's.
+_CORPUS_WORDS = (
+    "a photo of the cat dog sitting on mat under blue sky with red car near old house ground view great pyramids "
+    "sphinx moon surface back astronaut foreground planet earth looms in painting style detailed long dense prompt "
+    "light shadow river mountain tree forest city street night day morning sunset portrait woman man child bird "
+    "pre A The In An photo Photo Ground "
+    "naïve café résumé über straße ünïcödé déjà vu 日本 語 東京 中文 猫 привет мир 123 456 2024 3.14 , . ! ? ' \" - ( )"
+).split()
+T5_TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=32,
+               feed_forward_proj="gated-gelu")
+T5_VOCAB = 512  # >= tiny spm pieces + 100 sentinels, like T5's 32128 >= 32100
+
+
+def _corpus(lines: int = 400, seed: int = 0) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(lines):
+        n = int(torch.randint(3, 14, (1,), generator=g))
+        idx = torch.randint(0, len(_CORPUS_WORDS), (n,), generator=g).tolist()
+        out.append(" ".join(_CORPUS_WORDS[i] for i in idx))
+    return out
+
+
+def tiny_spm_model(vocab_size: int = 300) -> bytes:
+    """A T5-style sentencepiece Unigram model: nmt_nfkc normalisation, <pad>=0, </s>=1, <unk>=2, no <s>."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, normalization_rule_name="nmt_nfkc",
+        num_threads=1, minloglevel=2, hard_vocab_limit=False,
+    )
+    return buf.getvalue()
+
+
+def tiny_spm_tokenizer(folder) -> Path:
+    """A folder holding only ``spiece.model`` (as google/t5-v1_1-* ship it, less the JSON files)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(tiny_spm_model())
+    return folder
+
+
+def tiny_t5_tokenizer_json(folder, spm_folder) -> Path:
+    """A tokenizer.json-only folder (as ComfyUI ships T5's), converted from ``spm_folder``'s
+    spiece.model by transformers' own converter."""
+    from transformers import T5Tokenizer
+
+    folder = Path(folder)
+    T5Tokenizer.from_pretrained(str(spm_folder), extra_ids=100, local_files_only=True).save_pretrained(str(folder))
+    for extra in folder.iterdir():
+        if extra.name not in ("tokenizer.json", "tokenizer_config.json"):
+            extra.unlink()
+    return folder
+
+
+def tiny_t5_encoder(seed: int = 0, vocab_size: int = T5_VOCAB, **overrides):
+    """A random ``transformers.T5EncoderModel`` in eval mode, its embedding tied as T5's is."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab_size, **{**T5_TINY, **overrides})
+    model = T5EncoderModel(config)
+    model.set_input_embeddings(model.shared)
+    with torch.no_grad():  # non-trivial norms, so a mixed-up weight shows in the numbers
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def t5_state(model) -> dict[str, torch.Tensor]:
+    """The encoder's tensors under HF names, with both embedding keys (as transformers 4.x saved)."""
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    return state
+
+
+def tiny_t5_rankgen_folder(folder, model, fmt: str = "bin", tokenizer_from=None, config_style: str = "release") -> Path:
+    """RankGen's layout (kalpeshk2011/rankgen-t5-*): custom code, the encoder under ``t5_encoder.``
+    beside a ``projection`` layer, no tokenizer.
+
+    config_style "release": config.json as RankGen ships it (a T5 config plus ``auto_map`` to its
+    T5EncoderWithProjection); "custom": a config.json that is no T5 config at all, so the T5
+    config must come from the tensor shapes.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    custom = {"architectures": ["T5EncoderWithProjection"],
+              "auto_map": {"AutoModel": "modeling_rankgen.T5EncoderWithProjection"}}
+    if config_style == "release":
+        config = {**model.config.to_dict(), **custom, "is_encoder_decoder": True, "transformers_version": "4.20.1"}
+    else:
+        config = {**custom, "model_type": "rankgen", "model_size": "xl"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    # The custom code a user must never need: its presence proves it is not run.
+    (folder / "modeling_rankgen.py").write_text("raise RuntimeError('custom model code was executed')\n")
+    state = {f"t5_encoder.{k}": v for k, v in t5_state(model).items()}
+    d_model = model.config.d_model
+    state["projection.weight"] = torch.randn(d_model, d_model, generator=torch.Generator().manual_seed(9))
+    if fmt == "bin":
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        del state["t5_encoder.encoder.embed_tokens.weight"]  # safetensors refuses shared storage
+        save_file(state, folder / "model.safetensors")
+    if tokenizer_from is not None:
+        (folder / "spiece.model").write_bytes((Path(tokenizer_from) / "spiece.model").read_bytes())
+    return folder
+
+
+def tiny_t5_hf_folder(folder, model, tokenizer_from=None, max_shard_size=None) -> Path:
+    """An HF T5 encoder folder (``save_pretrained``: config.json + safetensors, sharded if asked)."""
+    folder = Path(folder)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(folder), **kwargs)
+    if tokenizer_from is not None:
+        (folder / "spiece.model").write_bytes((Path(tokenizer_from) / "spiece.model").read_bytes())
+    return folder
+
+
+def tiny_t5_safetensors(path, model, key_prefix: str = "") -> Path:
+    """A single .safetensors file with a T5 encoder state dict (as ComfyUI's t5 files are)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = t5_state(model)
+    del state["encoder.embed_tokens.weight"]
+    save_file({key_prefix + k: v for k, v in state.items()}, str(path))
+    return path
+
+
+# ---- decoder-only ---------------------------------------------------------------------------
+
+CHAT_TEMPLATE = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"
+
+
+def tiny_bpe_tokenizer(folder) -> Path:
+    """A byte-level BPE tokenizer (tokenizer.json + config with a chat template), trained here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(_corpus(), trainer)
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    hf.chat_template = CHAT_TEMPLATE
+    hf.save_pretrained(str(folder))
+    return Path(folder)
+
+
+def tiny_decoder(family: str = "llama", seed: int = 0, vocab_size: int = 512):
+    """A random causal LM of the family (llama, mistral, qwen2, gemma), in eval mode."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=3)
+    classes = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM, {}),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": None}),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}),
+        "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, {"head_dim": 8}),
+    }
+    config_cls, model_cls, extra = classes[family]
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**common, **extra)).eval()
+
+
+def tiny_decoder_folder(folder, model, with_tokenizer: bool = True) -> Path:
+    """An HF causal-LM folder: config.json, model.safetensors and (optionally) the tokenizer."""
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    if with_tokenizer:
+        tiny_bpe_tokenizer(folder)
+    return folder
+
+
+def tiny_llama_folder(folder, seed: int = 0) -> Path:
+    """A tiny Llama folder with its tokenizer (chat template included), ready for ``load_llm``."""
+    return tiny_decoder_folder(folder, tiny_decoder("llama", seed))

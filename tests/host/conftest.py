@@ -30,6 +30,7 @@ Every test under tests/host is marked ``host``. A new host test looks like::
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,39 @@ def comfy_server(comfy_base, request) -> comfy_harness.ComfyServer:
 def comfy_host(request):
     """Either host; both have run(prompt) -> RunResult, interrupt(), free()."""
     return request.getfixturevalue(f"comfy_{request.param}")
+
+
+# --- LLM4GEN models ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LLM4GENModels:
+    """Tiny random LLM4GEN models placed in the host's model folders (names as loaders list them)
+    and where they are on disk (for references computed by the tests)."""
+
+    llm: str            # models/LLM: a RankGen-layout T5 folder without a tokenizer (as released)
+    llm_path: Path
+    adapter: str        # models/llm4gen: CAM safetensors, CLIP 768 / LLM width of ``llm``
+    adapter_path: Path
+    t5_tokenizer: Path  # ComfyUI's bundled T5 tokenizer, which the loader falls back on
+    llm_dim: int
+
+
+@pytest.fixture(scope="session")
+def llm4gen_models(comfy_base, tmp_path_factory) -> LLM4GENModels:
+    from llm4gen_core import CrossAdapterConfig, save_cross_adapter
+    from synthetic.cam import cam_state
+    from synthetic.comfy_env import comfyui_root
+    from synthetic.llm import tiny_t5_encoder, tiny_t5_rankgen_folder
+
+    folder = tmp_path_factory.mktemp("llm4gen-models")
+    # The real T5 vocabulary size, so ComfyUI's T5 tokenizer fits it as it fits RankGen.
+    t5 = tiny_t5_encoder(seed=3, vocab_size=32128)
+    llm_path = tiny_t5_rankgen_folder(folder / "tiny-rankgen-t5", t5, fmt="bin")
+    cfg = CrossAdapterConfig(clip_dim=768, llm_dim=t5.config.d_model, heads=8, ffn_dim=3072, depth=1)
+    adapter_path = folder / "tiny-llm4gen-cam.safetensors"
+    save_cross_adapter(cam_state(cfg, seed=11), adapter_path, cfg)
+    return LLM4GENModels(
+        llm=comfy_base.place("LLM", llm_path), llm_path=llm_path,
+        adapter=comfy_base.place("llm4gen", adapter_path), adapter_path=adapter_path,
+        t5_tokenizer=comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer", llm_dim=t5.config.d_model,
+    )

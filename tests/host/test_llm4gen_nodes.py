@@ -1,0 +1,231 @@
+"""The LLM4GEN nodes in a real ComfyUI: registration, graphs with the stock KSampler, what the
+UNet receives, the diffusers-format UNet, and bad input that must not take the server down."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import llm4gen_graphs as lg
+import stock_graphs as g
+from comfy_harness import ComfyExecutionError
+from llm4gen_core import load_cross_adapter, load_llm
+
+NODES = {
+    "LLM4GENLoadLLM": ("Load LLM (LLM4GEN)", "loaders/llm4gen", ["LLM4GEN_LLM"]),
+    "LLM4GENLoadCrossAdapter": ("Load LLM4GEN Cross-Adapter", "loaders/llm4gen", ["LLM4GEN_ADAPTER"]),
+    "LLM4GENLLMEncode": ("LLM Encode", "conditioning/llm4gen", ["LLM4GEN_EMBEDS"]),
+    "LLM4GENCLIPLLMCrossAdapter": ("CLIP+LLM Cross-Adapter", "conditioning/llm4gen", ["CONDITIONING"]),
+    "LLM4GENApplyConditioning": ("Apply LLM4GEN Conditioning", "conditioning/llm4gen", ["CONDITIONING"]),
+}
+POSITIVE = "Ground view of the Great Pyramids and Sphinx on the moon's surface, an astronaut in the foreground"
+
+
+@pytest.fixture(scope="session")
+def reference(llm4gen_models):
+    """The same LLM and CAM loaded by the tests' own copy of llm4gen_core, outside ComfyUI."""
+    llm = load_llm(llm4gen_models.llm_path, tokenizer_path=llm4gen_models.t5_tokenizer)
+    return llm, load_cross_adapter(llm4gen_models.adapter_path)
+
+
+def expected_fusion(reference, clip_tokens: torch.Tensor, text: str, strength: float = 1.0) -> torch.Tensor:
+    llm, adapter = reference
+    with torch.no_grad():
+        return adapter(clip_tokens.float(), llm.encode([text]).hidden_states, strength=strength)
+
+
+def rows_by_side(record: dict) -> dict[str, torch.Tensor]:
+    """Split a batched UNet call's context into its positive and negative rows."""
+    side = {0: "positive", 1: "negative"}
+    return {side[c]: record["context"][i: i + 1] for i, c in enumerate(record["cond_or_uncond"])}
+
+
+def assert_release_context(result, reference, clip_reference, positive: str, negative: str, steps: int = 2):
+    calls = result.records("unet")
+    assert len(calls) == steps, "positive and negative (both 333 tokens) are batched into one UNet call per step"
+    for call in calls:
+        assert call["context_shape"] == [2, 333, 768]
+        rows = rows_by_side(call)
+        for name, text in (("positive", positive), ("negative", negative)):
+            context = rows[name]
+            clip_part = context[:, :77]
+            # the first 77 tokens are CLIP's own (ComfyUI runs CLIP in fp16 on CPU: loose tolerance)
+            assert torch.allclose(clip_part.float(), clip_reference([text]), atol=3e-2, rtol=3e-2)
+            expected = expected_fusion(reference, clip_part, text)
+            assert (context.float() - expected).abs().max().item() < 1e-4, f"{name} differs from llm4gen_core's fusion"
+
+
+def test_object_info_lists_the_nodes_with_tooltips(comfy_server, llm4gen_models):
+    info = comfy_server.object_info()
+    for node_id, (display, category, outputs) in NODES.items():
+        assert node_id in info, f"{node_id} not registered"
+        node = info[node_id]
+        assert node["display_name"] == display
+        assert node["category"] == category
+        assert node["output"] == outputs
+        assert node["python_module"].startswith("custom_nodes.")
+        inputs = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
+        assert inputs, node_id
+        for name, spec in inputs.items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert llm4gen_models.llm in info["LLM4GENLoadLLM"]["input"]["required"]["model"][1]["options"]
+    assert llm4gen_models.adapter in info["LLM4GENLoadCrossAdapter"]["input"]["required"]["adapter_name"][1]["options"]
+    fusing = info["LLM4GENApplyConditioning"]["input"]["required"]
+    assert fusing["strength"][1]["default"] == 1.0
+    assert fusing["controlnet_context"][1]["options"] == ["clip", "fused"]
+
+
+def test_help_pages_are_served(comfy_server):
+    pack = comfy_server.object_info("LLM4GENApplyConditioning")["python_module"].split(".", 1)[1]
+    for node_id in NODES:
+        status, body = comfy_server.request("GET", f"/extensions/{pack}/docs/{node_id}.md", timeout=30)
+        assert status == 200, node_id
+        text = body if isinstance(body, str) else body.decode()
+        assert text.startswith("# " + NODES[node_id][0])
+
+
+def test_apply_conditioning_reaches_the_unet_as_the_release_fuses(comfy_host, sd15_checkpoint, llm4gen_models,
+                                                                  reference, clip_reference):
+    prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="apply"),
+                           llm4gen_models.llm, llm4gen_models.adapter)
+    result = comfy_host.run(prompt)
+    assert len(result.images()) == 1 and result.images()[0].stat().st_size > 0
+    assert_release_context(result, reference, clip_reference, POSITIVE, "")
+
+
+def test_clip_llm_cross_adapter_gives_the_same_context(comfy_inprocess, sd15_checkpoint, llm4gen_models,
+                                                       reference, clip_reference):
+    base = g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="cross")
+    via_node = comfy_inprocess.run(lg.with_cross_adapter(base, llm4gen_models.llm, llm4gen_models.adapter))
+    assert_release_context(via_node, reference, clip_reference, POSITIVE, "")
+    via_apply = comfy_inprocess.run(lg.with_apply(base, llm4gen_models.llm, llm4gen_models.adapter))
+    for a, b in zip(via_node.records("unet"), via_apply.records("unet")):
+        assert torch.equal(a["context"], b["context"])
+    conditioning = comfy_inprocess.node_output(lg.FUSE_POS)[0]
+    assert set(conditioning[0][1]) >= {"pooled_output", "cross_attn_controlnet"}
+    assert conditioning[0][1]["pooled_output"].shape == (1, 768)
+
+
+def test_strength_scales_the_llm_tokens(comfy_inprocess, sd15_checkpoint, llm4gen_models, reference):
+    for strength in (0.0, 0.5):
+        prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="strength"),
+                               llm4gen_models.llm, llm4gen_models.adapter, strength=strength)
+        rows = rows_by_side(comfy_inprocess.run(prompt).records("unet")[0])
+        context = rows["positive"]
+        expected = expected_fusion(reference, context[:, :77], POSITIVE, strength)
+        assert (context - expected).abs().max() < 1e-4
+        if strength == 0.0:
+            assert not context[:, 77:].any()
+
+
+def test_released_unet_layout_loads_with_load_diffusion_model(comfy_host, comfy_base, sd15_parts, llm4gen_models,
+                                                              reference, clip_reference):
+    """The release ships a diffusers-format UNet (unet/diffusion_pytorch_model.safetensors): stock
+    UNETLoader reads it from models/diffusion_models and samples with the fused conditioning."""
+    from synthetic import sd15
+
+    unet = comfy_base.place("diffusion_models", sd15.small_diffusers_unet(), "llm4gen-unet-diffusers.safetensors")
+    prompt = g.use_separate_loaders(g.txt2img("unused", POSITIVE, "", prefix="diffusers"),
+                                    unet, sd15_parts["clip"], sd15_parts["vae"])
+    result = comfy_host.run(lg.with_apply(prompt, llm4gen_models.llm, llm4gen_models.adapter))
+    assert result.images()
+    assert_release_context(result, reference, clip_reference, POSITIVE, "")
+
+
+def test_llm_is_managed_by_comfyui(comfy_inprocess, sd15_checkpoint, llm4gen_models):
+    """The LLM and CAM are ModelPatchers that ComfyUI's model management loads and can unload."""
+    import comfy.model_management as mm
+
+    comfy_inprocess.run(lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="managed"),
+                                      llm4gen_models.llm, llm4gen_models.adapter))
+    llm = comfy_inprocess.node_output(lg.LOAD_LLM)[0]
+    adapter = comfy_inprocess.node_output(lg.LOAD_CAM)[0]
+    loaded = [m.model for m in mm.current_loaded_models]
+    assert llm.patcher in loaded and adapter.patcher in loaded
+    assert llm.patcher.model.inner is llm.llm.model
+    mm.unload_all_models()
+    assert not any(m.model in (llm.patcher, adapter.patcher) for m in mm.current_loaded_models)
+
+
+def test_llm_encode_reports_progress(comfy_inprocess, sd15_checkpoint, llm4gen_models):
+    result = comfy_inprocess.run(lg.with_apply(g.txt2img(sd15_checkpoint, "progress " + POSITIVE, "", prefix="progress"),
+                                               llm4gen_models.llm, llm4gen_models.adapter))
+    progress = [data for event, data in result.events if event == "progress" and data.get("node") == lg.ENC_POS]
+    assert progress, "LLM Encode sent no progress"
+    assert progress[-1]["value"] == progress[-1]["max"] > 1
+
+
+def test_llm_encode_honours_interrupt_and_recovers(comfy_inprocess, llm4gen_models):
+    import comfy.model_management as mm
+
+    llm = comfy_inprocess.node_class("LLM4GENLoadLLM").execute(llm4gen_models.llm, "auto", "default")[0]
+    encode = comfy_inprocess.node_class("LLM4GENLLMEncode")
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            encode.execute(llm, "interrupted prompt", 256)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert encode.execute(llm, "interrupted prompt", 256)[0].hidden_states.shape == (1, 256, llm4gen_models.llm_dim)
+
+
+def test_batch_one_broadcasts_and_other_mismatches_are_clear(comfy_inprocess, llm4gen_models):
+    import dataclasses
+
+    load, apply = (comfy_inprocess.node_class(n) for n in ("LLM4GENLoadCrossAdapter", "LLM4GENApplyConditioning"))
+    adapter = load.execute(llm4gen_models.adapter)[0]
+    llm = comfy_inprocess.node_class("LLM4GENLoadLLM").execute(llm4gen_models.llm, "auto", "default")[0]
+    embeds = comfy_inprocess.node_class("LLM4GENLLMEncode").execute(llm, "a cat", 256)[0]
+    cond = [[torch.randn(3, 77, 768), {"pooled_output": torch.randn(3, 768)}]]
+    fused = apply.execute(cond, adapter, embeds, 1.0, "first 77 (release)", "clip")[0]
+    assert fused[0][0].shape == (3, 333, 768)
+    two = dataclasses.replace(embeds, hidden_states=embeds.hidden_states.expand(2, -1, -1))
+    with pytest.raises(ValueError, match="batch sizes do not match: 3 CLIP prompts and 2 LLM prompts"):
+        apply.execute(cond, adapter, two, 1.0, "first 77 (release)", "clip")
+
+
+# --- bad input: a clear error in /history, and the server keeps serving ---------------------
+
+def _expect_failure(host, prompt, node_ids: tuple[str, ...], needle: str):
+    with pytest.raises(ComfyExecutionError) as err:
+        host.run(prompt)
+    assert err.value.node_id in node_ids  # ComfyUI may run either side's node first
+    assert needle in err.value.exception_message, err.value.exception_message
+    assert host.run(g.tiny_image("after-error")).images(), "the host no longer runs prompts"
+
+
+def test_wrong_adapter_for_the_llm_width(comfy_server, comfy_base, sd15_checkpoint, llm4gen_models, tmp_path):
+    from llm4gen_core import CrossAdapterConfig, save_cross_adapter
+    from synthetic.cam import cam_state
+
+    cfg = CrossAdapterConfig(clip_dim=768, llm_dim=2048, heads=8, ffn_dim=3072)
+    save_cross_adapter(cam_state(cfg), tmp_path / "release-width-cam.safetensors", cfg)
+    name = comfy_base.place("llm4gen", tmp_path / "release-width-cam.safetensors")
+    prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="bad"), llm4gen_models.llm, name)
+    _expect_failure(comfy_server, prompt, (lg.FUSE_POS, lg.FUSE_NEG),
+                    f"LLM features are {llm4gen_models.llm_dim} wide but this Cross-Adapter expects 2048")
+
+
+def test_corrupt_adapter_file(comfy_server, comfy_base, sd15_checkpoint, llm4gen_models, tmp_path):
+    data = llm4gen_models.adapter_path.read_bytes()
+    (tmp_path / "truncated-cam.safetensors").write_bytes(data[: len(data) // 2])
+    name = comfy_base.place("llm4gen", tmp_path / "truncated-cam.safetensors")
+    prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="bad"), llm4gen_models.llm, name)
+    _expect_failure(comfy_server, prompt, (lg.LOAD_CAM,), "truncated-cam.safetensors")
+
+
+def test_llm_folder_without_weights(comfy_server, comfy_base, sd15_checkpoint, llm4gen_models, tmp_path):
+    folder = tmp_path / "config-only-llm"
+    folder.mkdir()
+    (folder / "config.json").write_text((llm4gen_models.llm_path / "config.json").read_text())
+    name = comfy_base.place("LLM", folder)
+    prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="bad"), name, llm4gen_models.adapter)
+    _expect_failure(comfy_server, prompt, (lg.LOAD_LLM,), "config-only-llm")
+
+
+def test_missing_model_file_names_the_folder(comfy_server, sd15_checkpoint, llm4gen_models):
+    """ComfyUI 0.3.75 does not check V3 combo values at validation, so the loader's own message is
+    what the user sees when a workflow names a file they do not have."""
+    prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="bad"),
+                           llm4gen_models.llm, "no-such-adapter.safetensors")
+    _expect_failure(comfy_server, prompt, (lg.LOAD_CAM,),
+                    "Cross-Adapter file 'no-such-adapter.safetensors' is not in models/llm4gen")

@@ -169,7 +169,7 @@ def test_missing_checkpoint_is_refused_by_validation(comfy_host):
     assert comfy_host.run(g.tiny_image("after-missing")).images()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def broken_checkpoint(comfy_base, tmp_path_factory):
     """Listed like any checkpoint (so validation passes) but not a safetensors file."""
     broken = tmp_path_factory.mktemp("broken") / "broken.safetensors"

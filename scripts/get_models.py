@@ -24,10 +24,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import comfyui_host  # noqa: E402
-import workflow_specs as specs  # noqa: E402
+try:  # imported as scripts.get_models
+    from . import comfyui_host
+    from . import workflow_specs as specs
+except ImportError:  # run as a script
+    import comfyui_host
+    import workflow_specs as specs
 
 
 @dataclass(frozen=True)

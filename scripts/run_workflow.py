@@ -27,15 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import comfyui_host  # noqa: E402
-import comfyui_server  # noqa: E402
-import workflow_api  # noqa: E402
+try:  # imported as scripts.run_workflow
+    from . import comfyui_host, comfyui_server, workflow_api
+except ImportError:  # run as a script
+    import comfyui_host
+    import comfyui_server
+    import workflow_api
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = REPO / "example_workflows" / "llm4gen_sd15_txt2img.json"
-SMOKE_SIZE, SMOKE_STEPS = 256, 8
+SMOKE_SIZE, SMOKE_STEPS = 128, 6
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 SIZED = ("EmptyLatentImage", "ImageScale")
 RULE = "=" * 78
@@ -84,7 +85,7 @@ class Progress:
             print(f"  {elapsed}  [{len(self.done)}/{self.total}] {self.titles.get(node, node)}", flush=True)
         elif event == "progress":
             value, total, node = data.get("value", 0), data.get("max", 0), data.get("node")
-            every = max(1, total // 10)
+            every = max(1, round(total / 8))
             if total > 1 and (value == total or value % every == 0) and self.last_step.get(node) != value:
                 self.last_step[node] = value
                 print(f"  {elapsed}        {self.titles.get(node, node)}: step {value}/{total}", flush=True)

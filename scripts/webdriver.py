@@ -142,9 +142,18 @@ class Browser:
         found = self.command("POST", "/elements", {"using": "css selector", "value": css})
         return [next(iter(e.values())) for e in found]
 
-    def click(self, element: str) -> None:
-        """A real (trusted) mouse click on the element, as a user's."""
-        self.command("POST", f"/element/{element}/click", {})
+    def click(self, element: str, timeout: float = 10) -> None:
+        """A real (trusted) mouse click on the element, as a user's; retried while something
+        else (a dialog still animating in) would receive it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.command("POST", f"/element/{element}/click", {})
+                return
+            except WebDriverError as e:
+                if "click intercepted" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
 
     def console(self) -> list[dict]:
         """Browser console entries since the last call."""

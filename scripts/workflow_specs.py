@@ -131,7 +131,7 @@ def _prompts(x: float, y: float, text: str, width: float = 360) -> list[Node]:
 
 def _sampling(x: float, y: float, model_from: tuple[str, int], positive: tuple[str, int],
               negative: tuple[str, int], vae_from: tuple[str, int], prefix: str,
-              key: str = "", title: str = "KSampler (release: 50 steps, CFG 7.5)") -> tuple[list[Node], list[tuple]]:
+              key: str = "", title: str = "KSampler (release settings)") -> tuple[list[Node], list[tuple]]:
     k = key
     nodes = [
         Node(f"sampler{k}", "KSampler", (x, y), (300, 262), title,
@@ -149,7 +149,7 @@ def _sampling(x: float, y: float, model_from: tuple[str, int], positive: tuple[s
 
 
 def _latent(x: float, y: float) -> Node:
-    return Node("latent", "EmptyLatentImage", (x, y), (300, 106), "Empty Latent Image (512x512)",
+    return Node("latent", "EmptyLatentImage", (x, y), (300, 106), "Empty Latent Image",
                 {"width": 512, "height": 512, "batch_size": 1})
 
 
@@ -209,7 +209,7 @@ def controlnet_lora() -> Workflow:
              {"lora_name": LORA, "strength_model": 0.8, "strength_clip": 0.8}, GREEN),
         Node("image", "LoadImage", (370, 580), (330, 340), "Load Image (control picture)",
              {"image": CONTROL_IMAGE, "upload": "image"}),
-        Node("scale", "ImageScale", (770, 640), (300, 130), "Scale to 512x512",
+        Node("scale", "ImageScale", (770, 640), (300, 130), "Scale the control picture",
              {"upscale_method": "area", "width": 512, "height": 512, "crop": "center"}),
         Node("canny", "Canny", (770, 820), (300, 82), None, {"low_threshold": 0.4, "high_threshold": 0.8}),
         Node("preview_canny", "PreviewImage", (1450, 560), (300, 300), "Preview: canny edges"),
@@ -256,7 +256,7 @@ def dense_prompt_comparison() -> Workflow:
     links += [("load_ckpt", 1, "sd_pos", "clip"), ("load_ckpt", 1, "sd_neg", "clip"),
               ("prompt", 0, "sd_pos", "text"), ("negative", 0, "sd_neg", "text")]
     llm4gen, llm4gen_links = _sampling(1450, 0, ("load_unet", 0), ("fuse_pos", 0), ("fuse_neg", 0), ("load_ckpt", 2),
-                                       "", key="_llm4gen", title="KSampler: LLM4GEN (50 steps, CFG 7.5)")
+                                       "", key="_llm4gen", title="KSampler: LLM4GEN")
     stock, stock_links = _sampling(1450, 560, ("load_ckpt", 0), ("sd_pos", 0), ("sd_neg", 0), ("load_ckpt", 2),
                                    "", key="_sd15", title="KSampler: stock SD1.5 (same seed)")
     links += [("decode_sd15", 0, "stitch", "image1"), ("decode_llm4gen", 0, "stitch", "image2"),

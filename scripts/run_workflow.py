@@ -43,11 +43,16 @@ RULE = "=" * 78
 
 
 def say(text: str = "") -> None:
-    print(f"[llm4gen] {text}" if text else "", flush=True)
+    """Status and progress go to stderr; stdout carries only results (saved paths, --print-api)."""
+    print(f"[llm4gen] {text}" if text else "", file=sys.stderr, flush=True)
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def banner(lines: list[str]) -> None:
-    print(RULE, *(f"  {line}" for line in lines), RULE, sep="\n", flush=True)
+    note("\n".join([RULE, *(f"  {line}" for line in lines), RULE]))
 
 
 # --- where things are ---------------------------------------------------------------------------
@@ -78,26 +83,31 @@ class Progress:
         elapsed = f"{time.monotonic() - self.start:6.1f}s"
         if event == "execution_cached" and data.get("nodes"):
             self.done.update(data["nodes"])
-            print(f"  {elapsed}  {len(data['nodes'])} node(s) cached from an earlier run", flush=True)
+            note(f"  {elapsed}  {len(data['nodes'])} node(s) cached from an earlier run")
         elif event == "executing" and data.get("node") is not None:
             node = data["node"]
             self.done.add(node)
-            print(f"  {elapsed}  [{len(self.done)}/{self.total}] {self.titles.get(node, node)}", flush=True)
+            note(f"  {elapsed}  [{len(self.done)}/{self.total}] {self.titles.get(node, node)}")
         elif event == "progress":
             value, total, node = data.get("value", 0), data.get("max", 0), data.get("node")
             every = max(1, round(total / 8))
             if total > 1 and (value == total or value % every == 0) and self.last_step.get(node) != value:
                 self.last_step[node] = value
-                print(f"  {elapsed}        {self.titles.get(node, node)}: step {value}/{total}", flush=True)
+                note(f"  {elapsed}        {self.titles.get(node, node)}: step {value}/{total}")
         elif event == "execution_error":
-            print(f"  {elapsed}  FAILED in {data.get('node_type')}: {data.get('exception_message', '').strip()}", flush=True)
+            note(f"  {elapsed}  FAILED in {data.get('node_type')}: {data.get('exception_message', '').strip()}")
 
 
 def start_server(base: Path, args, what: str) -> comfyui_server.ComfyUIServer:
     say(f"starting ComfyUI ({what}) ...")
     started = time.monotonic()
+    log_path = None
+    if not owned_base(base):  # keep our log files out of the user's ComfyUI folder
+        logs = comfyui_host.cache_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log_path = logs / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     server = comfyui_server.ComfyUIServer(base, root=comfyui_host.install(), python=args.python,
-                                          start_timeout=args.start_timeout)
+                                          start_timeout=args.start_timeout, log_path=log_path)
     say(f"ComfyUI is up on {server.url} after {time.monotonic() - started:.0f} s (log: {server.log_path})")
     return server
 
@@ -201,7 +211,7 @@ def run(args) -> int:
                 say("these files are not in the model folders:")
                 for title, name, folder, value in missing:
                     where = base / ("input" if folder == "input" else f"models/{folder}") / value
-                    print(f"    {where}    ({title}: {name})", flush=True)
+                    note(f"    {where}    ({title}: {name})")
                 if args.no_smoke:
                     say("--no-smoke: stopping. Put the files there (README-workflows.md) and run again.")
                     return 1
@@ -259,6 +269,14 @@ def run(args) -> int:
             say("the workflow saved no images")
             return 1
         return 0
+    except (RuntimeError, TimeoutError) as e:
+        if "ComfyUI server" not in str(e):
+            raise
+        say(f"{e}".splitlines()[0])
+        note("\n".join(str(e).splitlines()[-15:]))
+        say("ComfyUI did not start. With your own ComfyUI (COMFYUI_PATH), run it with its own Python: "
+            "COMFYUI_PYTHON=/path/to/its/python (with this pack's requirements.txt installed).")
+        return 1
     except workflow_api.WorkflowError as e:
         say(f"cannot run this workflow: {e}")
         if "no node type" in str(e) and not owned_base(base):

@@ -14,6 +14,10 @@ from llm4gen_core import load_cross_adapter, load_llm
 CLIP_TOL = dict(atol=3e-2, rtol=3e-2)  # ComfyUI runs SD1.5's CLIP in fp16 on CPU; references are fp32
 FUSION_TOL = 1e-4                      # our fusion of ComfyUI's own CLIP tokens: fp32 against fp32
 SIDE = {0: "positive", 1: "negative"}
+# One positive prompt for all composition tests: ComfyUI keeps a node's output cached while the
+# next prompt has the same node with the same inputs, so consecutive tests skip re-encoding it
+# (CLIP runs in fp16 on CPU: seconds per prompt on 2 cores).
+POSITIVE = "a photo of red cube on a table"
 
 
 # --- references ------------------------------------------------------------------------------

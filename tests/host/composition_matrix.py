@@ -32,6 +32,7 @@ EXPECTED = [
     ("ControlNetLoader + ControlNetApplyAdvanced", BEFORE),
     ("ControlNetLoader + ControlNetApplyAdvanced", AFTER),
     ("LoraLoader", MODEL),
+    ("LoraLoaderModelOnly", MODEL),
     ("ConditioningCombine", BEFORE), ("ConditioningCombine", AFTER),
     ("ConditioningSetArea", BEFORE), ("ConditioningSetArea", AFTER),
     ("ConditioningSetMask", BEFORE), ("ConditioningSetMask", AFTER),

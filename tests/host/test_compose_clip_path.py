@@ -15,14 +15,13 @@ from safetensors.torch import load_file, save_file
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import MODEL, TEXT, verified
-from compose_support import (CLIP_TOL, Fusion, assert_fused, clip_reference_with_vectors, latent_only,
+from compose_support import (CLIP_TOL, POSITIVE, Fusion, assert_fused, clip_reference_with_vectors, latent_only,
                              rows_by_side, saved_latent, write_lora)
 from synthetic import sd15
 
 pytestmark = pytest.mark.host
 
 STEPS = 1
-POSITIVE = "a photo of red cube on a table"
 NEGATIVE = ""
 
 
@@ -106,6 +105,13 @@ def test_lora_patches_unet_and_clip_and_the_fusion_follows(request, comfy_inproc
     lora_name, deltas = lora
     graph = lambda prefix: apply_graph(sd15_checkpoint, llm4gen_models, POSITIVE, NEGATIVE, prefix)
     plain = comfy_inprocess.run(graph("lora-none"))
+    # LoraLoaderModelOnly: the UNet patched, CLIP not (its encodes are the plain run's, cached).
+    unet_only = graph("lora-unet")
+    unet_only["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": [g.CKPT, 0], "lora_name": lora_name, "strength_model": 1.0}}
+    unet_only[g.RECORD]["inputs"]["model"] = ["lora", 0]
+    unet_only = comfy_inprocess.run(unet_only)
+    caplog.clear()  # LoraLoaderModelOnly rightly skipped the CLIP keys; LoraLoader must map them all
     with caplog.at_level(logging.WARNING):
         both = comfy_inprocess.run(with_lora(graph("lora-both"), lora_name, 1.0, 1.0))
     assert "lora key not loaded" not in caplog.text, "ComfyUI did not map some of the LoRA's keys"
@@ -113,7 +119,6 @@ def test_lora_patches_unet_and_clip_and_the_fusion_follows(request, comfy_inproc
     model, clip = comfy_inprocess.node_output("lora")
     assert set(model.patches) == {comfy_unet_key(k) for k in UNET_LORA}
     assert set(clip.patcher.patches) == {comfy_clip_key(k) for k in CLIP_LORA}
-    unet_only = comfy_inprocess.run(with_lora(graph("lora-unet"), lora_name, 1.0, 0.0))
 
     plain_rows, lora_rows = rows_by_side(single_call(plain)), rows_by_side(single_call(both))
     reference = dict(zip(("positive", "negative"), lora_clip_reference(clip_reference, deltas, [POSITIVE, NEGATIVE])))
@@ -130,15 +135,17 @@ def test_lora_patches_unet_and_clip_and_the_fusion_follows(request, comfy_inproc
         assert_fused(after, after[:, :77], text, fusion, f"LoRA {side}")
         assert (after[0, 77:] - before[0, 77:]).abs().max() > 10 * CLIP_TOL["atol"]
 
-    # strength_clip 0: the very same contexts reach the UNet, yet the result differs: the
-    # recorded calls ran the LoRA-patched UNet.
+    # UNet only: the very same contexts reach the UNet, yet the result differs: the recorded
+    # calls ran the LoRA-patched UNet.
     for a, b in zip(plain.records("unet"), unet_only.records("unet")):
         assert torch.equal(a["context"], b["context"])
     assert not torch.equal(saved_latent(plain), saved_latent(unet_only))
     assert torch.isfinite(saved_latent(both)).all()
     verified(request, "LoraLoader", MODEL,
              "CLIP part = transformers CLIP with the LoRA's deltas, changed at exactly the tokens its q/k layers "
-             "reach; LLM tokens = fusion of the LoRA'd CLIP tokens; the UNet patch changes the sample")
+             "reach; LLM tokens = fusion of the LoRA'd CLIP tokens; every LoRA key mapped, UNet and CLIP")
+    verified(request, "LoraLoaderModelOnly", MODEL,
+             "the same fused contexts reach the patched UNet, and its sample differs from the unpatched one")
 
 
 # --- prompt weights and textual inversion ----------------------------------------------------

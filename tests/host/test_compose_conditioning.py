@@ -15,11 +15,10 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, SAMPLING, verified
-from compose_support import FUSION_TOL, Fusion, assert_fused, assert_unchanged, latent_only, snapshot
+from compose_support import FUSION_TOL, POSITIVE, Fusion, assert_fused, assert_unchanged, latent_only, snapshot
 
 pytestmark = pytest.mark.host
 
-POSITIVE = "a red cube on a wooden table"
 OTHER = "a blue glass sphere in tall grass"
 NEGATIVE = ""
 WIDTH, HEIGHT = 128, 64        # ConditioningSetArea's smallest area is 64 px: room for a half

@@ -9,12 +9,11 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, verified
-from compose_support import CLIP_TOL, Fusion, assert_fused, latent_only, rows_by_side
+from compose_support import CLIP_TOL, POSITIVE, Fusion, assert_fused, latent_only, rows_by_side
 from synthetic import sd15
 
 pytestmark = pytest.mark.host
 
-POSITIVE = "a lighthouse on a cliff above a stormy sea, seen from a small boat"
 NEGATIVE = ""
 CNET = "cnet_apply"
 STEPS = 1  # what a step receives is the same at every step; one keeps the test cheap

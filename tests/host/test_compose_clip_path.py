@@ -41,113 +41,6 @@ def single_call(result) -> dict:
     return call
 
 
-# --- LoRA ------------------------------------------------------------------------------------
-
-# A known subset: attention queries/keys of two CLIP layers (they re-weight attention, so the
-# start token, which attends only to itself, must come out unchanged), and the UNet's
-# cross-attention keys/values, which read the fused context. Kohya/diffusers-style SD1.5 names.
-CLIP_LORA = {f"lora_te_text_model_encoder_layers_{layer}_self_attn_{proj}_proj": (768, 768)
-             for layer in (3, 11) for proj in ("q", "k")}
-UNET_LORA = {f"lora_unet_{block}_transformer_blocks_0_attn2_to_{proj}": (320, 768)
-             for block in ("down_blocks_0_attentions_0", "mid_block_attentions_0") for proj in ("k", "v")}
-
-
-def comfy_clip_key(lora_key: str) -> str:
-    layer, proj = lora_key.removeprefix("lora_te_text_model_encoder_layers_").split("_self_attn_")
-    return f"clip_l.transformer.text_model.encoder.layers.{layer}.self_attn.{proj}.weight"
-
-
-def comfy_unet_key(lora_key: str) -> str:
-    block, proj = lora_key.removeprefix("lora_unet_").split("_transformer_blocks_0_attn2_to_")
-    ldm = {"down_blocks_0_attentions_0": "input_blocks.1.1", "mid_block_attentions_0": "middle_block.1"}[block]
-    return f"diffusion_model.{ldm}.transformer_blocks.0.attn2.to_{proj}.weight"
-
-
-@pytest.fixture(scope="module")
-def lora(comfy_base, tmp_path_factory):
-    path = tmp_path_factory.mktemp("lora") / "llm4gen-test-lora.safetensors"
-    deltas = write_lora(path, {**CLIP_LORA, **UNET_LORA}, scale=0.2, seed=5)
-    return comfy_base.place("loras", path), deltas
-
-
-def lora_clip_reference(clip_reference, deltas: dict, texts: list[str]) -> torch.Tensor:
-    """transformers' CLIP with W + alpha/rank * up @ down on the LoRA's layers."""
-    params = dict(clip_reference.model.named_parameters())
-    originals = {}
-    try:
-        for name, delta in deltas.items():
-            if name in CLIP_LORA:
-                suffix = comfy_clip_key(name).removeprefix("clip_l.transformer.text_model.")
-                (key,) = [k for k in params if k.endswith(suffix)]
-                originals[key] = params[key].detach().clone()
-                with torch.no_grad():
-                    params[key] += delta
-        return clip_reference(texts)
-    finally:
-        with torch.no_grad():
-            for key, value in originals.items():
-                params[key].copy_(value)
-
-
-def with_lora(prompt: dict, lora_name: str, strength_model: float, strength_clip: float) -> dict:
-    """CheckpointLoaderSimple -> LoraLoader -> (recorder -> KSampler, CLIPTextEncode)."""
-    prompt["lora"] = {"class_type": "LoraLoader", "inputs": {
-        "model": [g.CKPT, 0], "clip": [g.CKPT, 1], "lora_name": lora_name,
-        "strength_model": strength_model, "strength_clip": strength_clip}}
-    prompt[g.RECORD]["inputs"]["model"] = ["lora", 0]
-    for node in (g.POS, g.NEG):
-        prompt[node]["inputs"]["clip"] = ["lora", 1]
-    return prompt
-
-
-def test_lora_patches_unet_and_clip_and_the_fusion_follows(request, comfy_inprocess, sd15_checkpoint, llm4gen_models,
-                                                           lora, fusion, clip_reference, caplog):
-    lora_name, deltas = lora
-    graph = lambda prefix: apply_graph(sd15_checkpoint, llm4gen_models, POSITIVE, NEGATIVE, prefix)
-    plain = comfy_inprocess.run(graph("lora-none"))
-    # LoraLoaderModelOnly: the UNet patched, CLIP not (its encodes are the plain run's, cached).
-    unet_only = graph("lora-unet")
-    unet_only["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
-        "model": [g.CKPT, 0], "lora_name": lora_name, "strength_model": 1.0}}
-    unet_only[g.RECORD]["inputs"]["model"] = ["lora", 0]
-    unet_only = comfy_inprocess.run(unet_only)
-    caplog.clear()  # LoraLoaderModelOnly rightly skipped the CLIP keys; LoraLoader must map them all
-    with caplog.at_level(logging.WARNING):
-        both = comfy_inprocess.run(with_lora(graph("lora-both"), lora_name, 1.0, 1.0))
-    assert "lora key not loaded" not in caplog.text, "ComfyUI did not map some of the LoRA's keys"
-    # ComfyUI mapped every key of the file onto the layers it names, UNet and CLIP.
-    model, clip = comfy_inprocess.node_output("lora")
-    assert set(model.patches) == {comfy_unet_key(k) for k in UNET_LORA}
-    assert set(clip.patcher.patches) == {comfy_clip_key(k) for k in CLIP_LORA}
-
-    plain_rows, lora_rows = rows_by_side(single_call(plain)), rows_by_side(single_call(both))
-    reference = dict(zip(("positive", "negative"), lora_clip_reference(clip_reference, deltas, [POSITIVE, NEGATIVE])))
-    for side, text in (("positive", POSITIVE), ("negative", NEGATIVE)):
-        before, after = plain_rows[side], lora_rows[side]
-        # The CLIP part is the LoRA'd CLIP's output (transformers with the LoRA's deltas) ...
-        torch.testing.assert_close(after[0, :77].float(), reference[side], **CLIP_TOL)
-        # ... changed exactly where q/k LoRAs can act: every token but the start token, which
-        # attends only to itself.
-        assert torch.equal(after[0, 0], before[0, 0])
-        change = (after[0, 1:77] - before[0, 1:77]).abs().amax(dim=-1)
-        assert (change > 2 * CLIP_TOL["atol"]).all(), change.min()  # well beyond fp16 noise
-        # The LLM tokens change exactly as llm4gen_core's fusion of the LoRA'd CLIP tokens says.
-        assert_fused(after, after[:, :77], text, fusion, f"LoRA {side}")
-        assert (after[0, 77:] - before[0, 77:]).abs().max() > 10 * CLIP_TOL["atol"]
-
-    # UNet only: the very same contexts reach the UNet, yet the result differs: the recorded
-    # calls ran the LoRA-patched UNet.
-    for a, b in zip(plain.records("unet"), unet_only.records("unet")):
-        assert torch.equal(a["context"], b["context"])
-    assert not torch.equal(saved_latent(plain), saved_latent(unet_only))
-    assert torch.isfinite(saved_latent(both)).all()
-    verified(request, "LoraLoader", MODEL,
-             "CLIP part = transformers CLIP with the LoRA's deltas, changed at exactly the tokens its q/k layers "
-             "reach; LLM tokens = fusion of the LoRA'd CLIP tokens; every LoRA key mapped, UNet and CLIP")
-    verified(request, "LoraLoaderModelOnly", MODEL,
-             "the same fused contexts reach the patched UNet, and its sample differs from the unpatched one")
-
-
 # --- prompt weights and textual inversion ----------------------------------------------------
 
 WEIGHTED = "a photo of (red:1.3) embedding:llm4gen_cube on a table"     # "cube" as an embedding
@@ -210,10 +103,11 @@ def test_prompt_weights_and_embeddings_reach_the_fusion(request, comfy_inprocess
     assert (positive[0, 77:] - negative[0, 77:]).abs().max() > 10 * CLIP_TOL["atol"]
     verified(request, "CLIPTextEncode: prompt weights `(word:1.3)`", TEXT,
              "the weighted token's CLIP features are ComfyUI's (z - z_empty) * w + z_empty, the rest unchanged; "
-             "the LLM tokens are the fusion of those (Apply and CLIP+LLM Cross-Adapter)")
+             "the LLM tokens are the fusion of those")
     verified(request, "CLIPTextEncode: textual inversion `embedding:name`", TEXT,
-             "safetensors `emb_params` and A1111 `.pt` embeddings: CLIP features = transformers CLIP given the "
-             "embedding's vectors at those positions; the LLM tokens are the fusion of those")
+             "safetensors `emb_params` and A1111 `.pt` embeddings, through CLIP Text Encode + Apply and through "
+             "CLIP+LLM Cross-Adapter: CLIP features = transformers CLIP given the embedding's vectors there; "
+             "the LLM tokens are the fusion of those")
 
 
 # --- long prompts ----------------------------------------------------------------------------
@@ -259,3 +153,111 @@ def test_long_prompts_warn_and_clip_tokens_chooses(request, comfy_inprocess, sd1
     verified(request, "CLIPTextEncode: prompts over 77 CLIP tokens", TEXT,
              f"a {77 * chunks}-token CLIP prompt and a >256-token LLM prompt: warnings logged; `clip_tokens` "
              f"first 77 gives 333 tokens (batched), all chunks {77 * chunks + 256} (one UNet call per side)")
+
+
+# --- LoRA ------------------------------------------------------------------------------------
+# (Last in the module: its last prompt holds the plain CLIP encodes of POSITIVE and "", which the
+# next composition module's first prompt then takes from ComfyUI's cache.)
+
+# A known subset: attention queries/keys of two CLIP layers (they re-weight attention, so the
+# start token, which attends only to itself, must come out unchanged), and the UNet's
+# cross-attention keys/values, which read the fused context. Kohya/diffusers-style SD1.5 names.
+CLIP_LORA = {f"lora_te_text_model_encoder_layers_{layer}_self_attn_{proj}_proj": (768, 768)
+             for layer in (3, 11) for proj in ("q", "k")}
+UNET_LORA = {f"lora_unet_{block}_transformer_blocks_0_attn2_to_{proj}": (320, 768)
+             for block in ("down_blocks_0_attentions_0", "mid_block_attentions_0") for proj in ("k", "v")}
+
+
+def comfy_clip_key(lora_key: str) -> str:
+    layer, proj = lora_key.removeprefix("lora_te_text_model_encoder_layers_").split("_self_attn_")
+    return f"clip_l.transformer.text_model.encoder.layers.{layer}.self_attn.{proj}.weight"
+
+
+def comfy_unet_key(lora_key: str) -> str:
+    block, proj = lora_key.removeprefix("lora_unet_").split("_transformer_blocks_0_attn2_to_")
+    ldm = {"down_blocks_0_attentions_0": "input_blocks.1.1", "mid_block_attentions_0": "middle_block.1"}[block]
+    return f"diffusion_model.{ldm}.transformer_blocks.0.attn2.to_{proj}.weight"
+
+
+@pytest.fixture(scope="module")
+def lora(comfy_base, tmp_path_factory):
+    path = tmp_path_factory.mktemp("lora") / "llm4gen-test-lora.safetensors"
+    deltas = write_lora(path, {**CLIP_LORA, **UNET_LORA}, scale=0.2, seed=5)
+    return comfy_base.place("loras", path), deltas
+
+
+def lora_clip_reference(clip_reference, deltas: dict, texts: list[str]) -> torch.Tensor:
+    """transformers' CLIP with W + alpha/rank * up @ down on the LoRA's layers."""
+    params = dict(clip_reference.model.named_parameters())
+    originals = {}
+    try:
+        for name, delta in deltas.items():
+            if name in CLIP_LORA:
+                suffix = comfy_clip_key(name).removeprefix("clip_l.transformer.text_model.")
+                (key,) = [k for k in params if k.endswith(suffix)]
+                originals[key] = params[key].detach().clone()
+                with torch.no_grad():
+                    params[key] += delta
+        return clip_reference(texts)
+    finally:
+        with torch.no_grad():
+            for key, value in originals.items():
+                params[key].copy_(value)
+
+
+def with_lora(prompt: dict, lora_name: str, strength_model: float, strength_clip: float) -> dict:
+    """CheckpointLoaderSimple -> LoraLoader -> (recorder -> KSampler, CLIPTextEncode)."""
+    prompt["lora"] = {"class_type": "LoraLoader", "inputs": {
+        "model": [g.CKPT, 0], "clip": [g.CKPT, 1], "lora_name": lora_name,
+        "strength_model": strength_model, "strength_clip": strength_clip}}
+    prompt[g.RECORD]["inputs"]["model"] = ["lora", 0]
+    for node in (g.POS, g.NEG):
+        prompt[node]["inputs"]["clip"] = ["lora", 1]
+    return prompt
+
+
+def test_lora_patches_unet_and_clip_and_the_fusion_follows(request, comfy_inprocess, sd15_checkpoint, llm4gen_models,
+                                                           lora, fusion, clip_reference, caplog):
+    lora_name, deltas = lora
+    graph = lambda prefix: apply_graph(sd15_checkpoint, llm4gen_models, POSITIVE, NEGATIVE, prefix)
+    with caplog.at_level(logging.WARNING):
+        both = comfy_inprocess.run(with_lora(graph("lora-both"), lora_name, 1.0, 1.0))
+    assert "lora key not loaded" not in caplog.text, "ComfyUI did not map some of the LoRA's keys"
+    # ComfyUI mapped every key of the file onto the layers it names, UNet and CLIP.
+    model, clip = comfy_inprocess.node_output("lora")
+    assert set(model.patches) == {comfy_unet_key(k) for k in UNET_LORA}
+    assert set(clip.patcher.patches) == {comfy_clip_key(k) for k in CLIP_LORA}
+    plain = comfy_inprocess.run(graph("lora-none"))
+    # LoraLoaderModelOnly: the UNet patched, CLIP not (its encodes are the plain run's, cached).
+    unet_only = graph("lora-unet")
+    unet_only["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": [g.CKPT, 0], "lora_name": lora_name, "strength_model": 1.0}}
+    unet_only[g.RECORD]["inputs"]["model"] = ["lora", 0]
+    unet_only = comfy_inprocess.run(unet_only)
+
+    plain_rows, lora_rows = rows_by_side(single_call(plain)), rows_by_side(single_call(both))
+    reference = dict(zip(("positive", "negative"), lora_clip_reference(clip_reference, deltas, [POSITIVE, NEGATIVE])))
+    for side, text in (("positive", POSITIVE), ("negative", NEGATIVE)):
+        before, after = plain_rows[side], lora_rows[side]
+        # The CLIP part is the LoRA'd CLIP's output (transformers with the LoRA's deltas) ...
+        torch.testing.assert_close(after[0, :77].float(), reference[side], **CLIP_TOL)
+        # ... changed exactly where q/k LoRAs can act: every token but the start token, which
+        # attends only to itself.
+        assert torch.equal(after[0, 0], before[0, 0])
+        change = (after[0, 1:77] - before[0, 1:77]).abs().amax(dim=-1)
+        assert (change > 2 * CLIP_TOL["atol"]).all(), change.min()  # well beyond fp16 noise
+        # The LLM tokens change exactly as llm4gen_core's fusion of the LoRA'd CLIP tokens says.
+        assert_fused(after, after[:, :77], text, fusion, f"LoRA {side}")
+        assert (after[0, 77:] - before[0, 77:]).abs().max() > 10 * CLIP_TOL["atol"]
+
+    # UNet only: the very same contexts reach the UNet, yet the result differs: the recorded
+    # calls ran the LoRA-patched UNet.
+    for a, b in zip(plain.records("unet"), unet_only.records("unet")):
+        assert torch.equal(a["context"], b["context"])
+    assert not torch.equal(saved_latent(plain), saved_latent(unet_only))
+    assert torch.isfinite(saved_latent(both)).all()
+    verified(request, "LoraLoader", MODEL,
+             "CLIP part = transformers CLIP with the LoRA's deltas, changed at exactly the tokens its q/k layers "
+             "reach; LLM tokens = fusion of the LoRA'd CLIP tokens; every LoRA key mapped, UNet and CLIP")
+    verified(request, "LoraLoaderModelOnly", MODEL,
+             "the same fused contexts reach the patched UNet, and its sample differs from the unpatched one")

@@ -122,14 +122,15 @@ def expected_schedule(calls: list, end_sigma: float) -> dict[str, list]:
 
 
 def test_conditioning_nodes_before_and_after_apply(request, comfy_inprocess, sd15_checkpoint, llm4gen_models, fusion):
-    # 1. The stock graph alone: snapshot every stock node's output (they stay cached, the same
-    #    Python objects, for the next prompts, which contain the same nodes).
-    #    The LLM features too: LLM Encode runs here, shown by a stock PreviewAny.
+    # 1. The stock nodes alone, shown by stock PreviewAny nodes (no sampling): snapshot their
+    #    outputs and the LLM features. They stay cached, the same Python objects, for the next
+    #    prompts, which contain the same nodes.
     stock = with_llm(base_graph(sd15_checkpoint, "cond-stock"), llm4gen_models)
+    for node in (g.SAMPLER, g.SAVE_LATENT, g.RECORD, g.LATENT):
+        del stock[node]
     chain = add_stock_chain(stock, "st_", [g.POS, 0], ["other", 0])
-    stock[g.SAMPLER]["inputs"]["positive"] = chain
-    for node in (lg.ENC_POS, lg.ENC_NEG):
-        stock["show_" + node] = {"class_type": "PreviewAny", "inputs": {"source": [node, 0]}}
+    for source in (chain, [g.NEG, 0], [lg.ENC_POS, 0], [lg.ENC_NEG, 0]):
+        stock["show_" + source[0]] = {"class_type": "PreviewAny", "inputs": {"source": source}}
     comfy_inprocess.run(stock)
     upstream = (g.POS, "other", g.NEG, "mask", lg.ENC_POS, lg.ENC_NEG) + tuple(
         "st_" + n for n in ("avg", "ts", "area", "mask", "concat", "comb1", "comb2", "comb3"))
@@ -195,9 +196,12 @@ def test_conditioning_nodes_before_and_after_apply(request, comfy_inprocess, sd1
 
     what = {
         "ConditioningCombine": "all entries fused one by one, in order; each reaches the UNet",
-        "ConditioningSetArea": "`area`/`strength` kept; the entry's fused tokens reach the UNet on that latent area only",
-        "ConditioningSetMask": "`mask`/`mask_strength`/`set_area_to_bounds` kept; fused tokens reach the UNet on the mask bounds",
-        "ConditioningSetTimestepRange": "`start_percent`/`end_percent` kept; the fused entry reaches the UNet only in its steps",
+        "ConditioningSetArea": "`area`/`strength` kept; the entry's fused tokens reach the UNet on that latent "
+                               "area only",
+        "ConditioningSetMask": "`mask`/`mask_strength`/`set_area_to_bounds` kept; fused tokens reach the UNet on "
+                               "the mask bounds",
+        "ConditioningSetTimestepRange": "`start_percent`/`end_percent` kept; the fused entry reaches the UNet only "
+                                        "in its steps",
         "ConditioningConcat": {BEFORE: "154 CLIP tokens fused with `clip_tokens` all chunks: 410 tokens reach the UNet",
                                AFTER: "two fused conditionings concatenated: 666 tokens reach the UNet"},
         "ConditioningAverage": {BEFORE: "the averaged CLIP tokens are fused",

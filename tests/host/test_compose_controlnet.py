@@ -36,7 +36,8 @@ def controlnet_graph(checkpoint: str, models, controlnet: str, where: str, mode:
                            models.llm, models.adapter, controlnet_context=mode)
     prompt = latent_only(prompt)
     prompt["cnet_loader"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": controlnet}}
-    prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x808080}}
+    prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1,
+                                                             "color": 0x808080}}
     prompt[CNET] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
         "control_net": ["cnet_loader", 0], "image": ["hint", 0], "strength": 1.0,
         "start_percent": 0.0, "end_percent": 1.0}}

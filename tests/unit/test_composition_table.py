@@ -22,7 +22,8 @@ def matrix():
 
 def full_run(matrix) -> dict:
     return {"comfyui": "0.0.test", "rows": [
-        {"node": node, "placement": where, "verified": f"checked {node} {where}", "test": f"tests/host/t.py::test_{i}"}
+        {"node": node, "placement": where, "verified": f"checked {node} {where}",
+         "test": f"tests/host/t.py::test_{i}"}
         for i, (node, where) in enumerate(reversed(matrix.EXPECTED))]}
 
 

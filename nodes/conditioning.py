@@ -73,9 +73,9 @@ def _clip_part(cond: torch.Tensor, options: dict, clip_tokens: str, index: int) 
         cond = cond[:, : options[MARKER]["clip_tokens"]]
     if cond.shape[1] > CLIP_CHUNK:
         if clip_tokens == RELEASE_TOKENS:
-            log.warning("LLM4GEN: conditioning entry %d has %d CLIP tokens (prompt longer than 77); fusing the "
-                        "first 77 as the release was trained. Set clip_tokens to 'all chunks' to keep all.",
-                        index, cond.shape[1])
+            log.warning("LLM4GEN: conditioning entry %d has %d CLIP tokens (a prompt longer than 77 tokens, or "
+                        "Conditioning Concat); fusing the first 77 as the release was trained. Set clip_tokens to "
+                        "'all chunks' to keep all.", index, cond.shape[1])
             return cond[:, :CLIP_CHUNK]
         log.warning("LLM4GEN: fusing %d CLIP tokens; the released UNet was trained on 77 + 256.", cond.shape[1])
     return cond

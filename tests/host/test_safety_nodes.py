@@ -248,3 +248,36 @@ def test_clip_llm_cross_adapter_never_mutates_its_inputs(parts):
         args = (parts.clip, text, parts.adapter, embeds, 1.0, clip_tokens, context)
         out = assert_unchanged(lambda: _execute(parts, "LLM4GENCLIPLLMCrossAdapter", *args), *inputs, before=before)
         assert out[0][0].shape[1] == tokens + 256
+
+
+# --- bad values a graph can carry --------------------------------------------------------------
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_strength_is_a_clear_error(parts, strength):
+    """The server's JSON accepts NaN and Infinity, and ComfyUI's min/max check lets NaN through: the
+    fusion refuses it rather than sending NaN tokens to the UNet (a black image, silently)."""
+    embeds = _execute(parts, "LLM4GENLLMEncode", parts.llm, "a cat", 256)
+    conditioning = [[torch.zeros(1, 77, 768), {}]]
+    with pytest.raises(ValueError, match="strength must be a finite number"):
+        _execute(parts, "LLM4GENApplyConditioning", conditioning, parts.adapter, embeds, strength, RELEASE, "clip")
+
+
+def test_symlink_loops_in_the_llm_folder_do_not_hang_the_model_list(comfy_inprocess, tmp_path, monkeypatch):
+    """Two links back up the tree made listing models/LLM exponential (it never finished, and with it
+    /object_info, which the UI needs to start). Each real folder is now walked once."""
+    import threading
+
+    model_folders = comfy_inprocess.pack_module().nodes.model_folders
+    root = tmp_path / "LLM"
+    (root / "family" / "model-a").mkdir(parents=True)
+    (root / "family" / "model-a" / "config.json").write_text("{}")
+    (root / "t5.safetensors").write_bytes(b"")
+    for name, target in (("up", ".."), ("here", "."), ("family/back", "..")):
+        (root / name).symlink_to(target, target_is_directory=True)
+    monkeypatch.setattr(model_folders, "_llm_roots", lambda: [str(root)])
+    result = []
+    worker = threading.Thread(target=lambda: result.append(model_folders.llm_choices()), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert result, "listing models/LLM did not finish within 60 s"
+    assert "family/model-a" in result[0] and "t5.safetensors" in result[0]

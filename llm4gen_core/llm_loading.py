@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, LLMLoadError
-from .safe_files import FLOAT_DTYPES, check_weight, first_line, listed, read_json, read_tensor_file, sniff_format
+from .safe_files import (
+    FLOAT_DTYPES, check_weight, check_zip_records, first_line, listed, read_json, read_tensor_file, sniff_format,
+)
 from .t5_config import check_shapes, infer_t5_config, looks_like_t5_encoder, t5_encoder_state
 
 T5_TYPES = ("t5", "mt5")
@@ -276,6 +278,7 @@ def _tensor_index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
             continue
         tensors = None
         if fmt == "torch-zip":
+            check_zip_records(file)  # transformers reads it with torch.load as well
             try:
                 tensors = torch.load(str(file), map_location="meta", weights_only=True)
             except Exception:

@@ -6,7 +6,8 @@ with ``torch.load(weights_only=True)``, which refuses any pickled object that is
 a plain container. Every failure becomes a :class:`CheckpointError` naming the file.
 
 Sizes a file declares are checked against the bytes it holds before anything is allocated for
-them: safetensors and torch's zip reader do so themselves; a legacy torch pickle allocates each
+them: safetensors and torch's zip reader do so themselves, and zip records must be stored, not
+compressed (torch would inflate them at any declared size); a legacy torch pickle allocates each
 storage at its declared size before reading it, so its declarations are read first (see
 :func:`_check_legacy_declared_sizes`). A torch tensor may also view its storage with strides that
 make it overlap itself (stride 0): a few bytes on disk, gigabytes once copied. No saved state dict
@@ -69,8 +70,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
-        if sniff_format(path) == "torch-pickle":
+        fmt = sniff_format(path)
+        if fmt == "torch-pickle":
             _check_legacy_declared_sizes(path)
+        elif fmt == "torch-zip":
+            check_zip_records(path)
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
@@ -87,6 +91,25 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     state = _as_state_dict(path, obj)
     _check_layouts(path, state)
     return state
+
+
+def check_zip_records(path: Path) -> None:
+    """A zip torch checkpoint may hold no more bytes, once extracted, than the file itself: torch.save
+    stores its records uncompressed, and torch's reader inflates compressed ones into memory at
+    their declared size (a 0.5 MB file of deflated zeros became 512 MB)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(path, f"corrupt or truncated torch checkpoint: {first_line(exc)}") from None
+    compressed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
+    extracted, size = sum(r.file_size for r in records), os.path.getsize(path)
+    if compressed or extracted > size:
+        raise CheckpointError(path, f"refused: its zip records hold {extracted:,} bytes once extracted, in a file of "
+                                    f"{size:,} ({len(compressed)} compressed: {listed(compressed, 3)}); torch.save "
+                                    "never compresses, and a compressed checkpoint can expand to any size")
 
 
 def _check_legacy_declared_sizes(path: Path) -> None:

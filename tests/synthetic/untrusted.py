@@ -111,15 +111,25 @@ class _LegacyPickler(pickle.Pickler):
         return None
 
 
-def write_torch_zip(path: Path, obj) -> Path:
-    """torch.save's zip layout: archive/data.pkl, archive/data/<key>, byteorder, version."""
+def write_torch_zip(path: Path, obj, deflate: bool = False) -> Path:
+    """torch.save's zip layout: archive/data.pkl, archive/data/<key>, byteorder, version. With
+    ``deflate`` the storage records are compressed, and a storage whose ``data`` is None is
+    ``numel`` float32 zeros, streamed (a compression bomb is cheap to write)."""
     buffer = io.BytesIO()
     _ZipPickler(buffer, protocol=2).dump(obj)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", buffer.getvalue())
         z.writestr("archive/byteorder", "little")
         for key, storage in _storages(obj, {}).items():
-            z.writestr(f"archive/data/{key}", storage.data)
+            info = zipfile.ZipInfo(f"archive/data/{key}")
+            info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+            with z.open(info, "w", force_zip64=True) as record:
+                if storage.data is not None:
+                    record.write(storage.data)
+                else:
+                    chunk = bytes(1 << 20)
+                    for start in range(0, storage.numel * 4, len(chunk)):
+                        record.write(chunk[: min(len(chunk), storage.numel * 4 - start)])
         z.writestr("archive/version", "3\n")
     return path
 
@@ -496,6 +506,20 @@ class _CaseMaker:
                 obj[key] = Tensor(Storage("small", 4, b"\0" * 16), (64, 64))
                 writer(path, obj)
             add(f"{layout}/view-past-storage", out_of_bounds)
+
+            if layout == "zip":
+                def deflate_bomb(path, rng):
+                    """320 MB of zeros deflated into 0.3 MB: torch inflates records at their declared size."""
+                    obj = dict(real)
+                    numel = 80 * 2**20
+                    obj[key] = Tensor(Storage("zeros", numel, None), (numel,))
+                    write_torch_zip(path, obj, deflate=True)
+                add("zip/deflate-bomb-320MB", deflate_bomb)
+
+                def deflated(path, rng):
+                    """An ordinary checkpoint whose records are compressed: refused too (torch.save never does it)."""
+                    write_torch_zip(path, dict(real), deflate=True)
+                add("zip/deflated-records", deflated)
 
             def negative(path, rng, writer=writer):
                 obj = dict(real)

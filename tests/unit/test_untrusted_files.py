@@ -108,6 +108,7 @@ GIANT_CLAIMS = (
     "llm/st-header/shape-giant", "llm/st-header/offsets-giant", "llm/crafted/zip/storage-claims-8GB",
     "llm/crafted/legacy/storage-claims-8GB", "llm/crafted/zip/stride-0-bomb", "llm/crafted/legacy/stride-0-bomb",
     "llm/crafted/zip/alias-amplification", "llm/crafted/legacy/alias-amplification",
+    "cam/zip/deflate-bomb-320MB", "llm/crafted/zip/deflate-bomb-320MB",
     "llm/hf-config/vocab_size=100000000000", "llm/llama-config/vocab_size=1000000000",
     "llm/llama-config/hidden_size=1000000000", "llm/llama-config/intermediate_size=100000000",
     "llm/tokenizer-config/extra_ids=1000000000000", "llm/hf-config/num_layers=1000000000",
@@ -117,8 +118,9 @@ GIANT_CLAIMS = (
 
 def test_giant_declared_sizes_are_refused_before_allocation(fuzz):
     """Files that claim gigabytes (a safetensors header declaring a 40 GB tensor, torch storages of
-    8 and 400 GB in zip and legacy checkpoints, stride-0 tensors, aliasing, configs of a billion
-    layers or parameters) are refused with their own explanation, never by running out of memory."""
+    8 and 400 GB in zip and legacy checkpoints, a 0.3 MB zip that deflates to 320 MB, stride-0
+    tensors, aliasing, configs of a billion layers or parameters) are refused with their own
+    explanation, never by running out of memory."""
     by_name = {case.name: (case, outcome) for case, outcome in fuzz}
     missing = [name for name in GIANT_CLAIMS if name not in by_name]
     assert not missing, f"the generator no longer makes {missing}"

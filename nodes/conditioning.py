@@ -108,9 +108,25 @@ class CLIPLLMCrossAdapter(io.ComfyNode):
         if getattr(clip, "layer_idx", None) not in (None, -1):
             log.warning("LLM4GEN: CLIP uses clip skip %s; the release was trained on the last layer (-1)",
                         clip.layer_idx)
-        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        tokens = clip.tokenize(text)
+        if clip_tokens == RELEASE_TOKENS:
+            tokens = _first_chunk_only(tokens)
+        conditioning = clip.encode_from_tokens_scheduled(tokens)
         return io.NodeOutput(fuse_conditioning(conditioning, adapter, llm_embeds, strength, clip_tokens,
                                                controlnet_context))
+
+
+def _first_chunk_only(tokens: dict) -> dict:
+    """Keep only the first 77-token chunk of each CLIP's tokens before encoding: the release fuses
+    only those, and CLIP encodes every chunk it is given (a 100,000-character prompt is ~400 chunks,
+    minutes on a CPU) before the rest would be cut off. Chunks are encoded independently, so the
+    first one comes out the same."""
+    chunks = max((len(v) for v in tokens.values() if isinstance(v, list)), default=0)
+    if chunks <= 1:
+        return tokens
+    log.warning("LLM4GEN: the CLIP prompt is %d chunks of 77 tokens; only the first is encoded and fused, as the "
+                "release was trained. Set clip_tokens to 'all chunks' to keep all.", chunks)
+    return {key: value[:1] if isinstance(value, list) else value for key, value in tokens.items()}
 
 
 class ApplyLLM4GENConditioning(io.ComfyNode):

@@ -3,7 +3,9 @@
 Each workflow in scripts/workflow_specs.py is created node by node in the frontend that ships
 with ComfyUI (``comfyui-frontend-package``, served by a real ComfyUI with this pack loaded),
 driven by a headless Chromium; what the frontend's own serializer returns is written to
-``example_workflows/<name>.json``. The files are therefore exactly what "Save" in ComfyUI
+``example_workflows/<name>.json`` (the folder ComfyUI's template browser lists) and, byte for
+byte the same, to ``workflows/sd15/<name>.json`` (the repository's workflow folder; one level
+down because ComfyUI lists ``workflows/*.json`` of a pack too, and would show each template twice). The files are therefore exactly what "Save" in ComfyUI
 writes for that graph (format, widget order, link table), not a hand-made imitation.
 
     .venv/bin/python scripts/build_workflows.py [--check]
@@ -31,6 +33,7 @@ except ImportError:  # run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "example_workflows"
+COPY_DIR = REPO / "workflows" / "sd15"  # same files; see the module docstring
 VIEW = (1600, 860)  # the browser viewport the saved view is fitted to
 
 BUILD_JS = r"""
@@ -131,17 +134,18 @@ def main(argv: list[str] | None = None) -> int:
             base = comfyui_server.prepare_base(Path(tmp) / "base")
             with comfyui_server.ComfyUIServer(base) as server:
                 built = build_all(server.url, Path(tmp))
-    OUT_DIR.mkdir(exist_ok=True)
     different = []
-    for name, workflow in built.items():
-        path = OUT_DIR / f"{name}.json"
-        text = file_text(workflow)
-        if args.check:
-            if not path.exists() or path.read_text(encoding="utf-8") != text:
-                different.append(path.name)
-        else:
-            path.write_text(text, encoding="utf-8")
-            print(f"wrote {path.relative_to(REPO)} ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links)")
+    for folder in (OUT_DIR, COPY_DIR):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, workflow in built.items():
+            path = folder / f"{name}.json"
+            text = file_text(workflow)
+            if args.check:
+                if not path.exists() or path.read_text(encoding="utf-8") != text:
+                    different.append(str(path.relative_to(REPO)))
+            else:
+                path.write_text(text, encoding="utf-8")
+                print(f"wrote {path.relative_to(REPO)} ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links)")
     if different:
         print(f"out of date (run scripts/build_workflows.py): {', '.join(different)}", file=sys.stderr)
         return 1

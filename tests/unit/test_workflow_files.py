@@ -34,10 +34,16 @@ def test_the_bundled_workflows_are_the_four_specified():
 
 
 def test_only_one_folder_is_listed_by_the_template_browser():
-    """ComfyUI lists *.json from every one of these folders of a pack, so a second copy (e.g.
-    workflows/) would show every template twice."""
+    """ComfyUI lists *.json from every one of these folders of a pack (one level deep), so a
+    copy directly in workflows/ would show every template twice."""
     listed = [folder for folder in TEMPLATE_FOLDERS if list((REPO / folder).glob("*.json"))]
     assert listed == ["example_workflows"]
+
+
+def test_workflows_folder_holds_the_same_files():
+    """workflows/sd15/ is the repository's workflow folder: the same files, byte for byte."""
+    copies = {p.name: p.read_bytes() for p in (REPO / "workflows" / "sd15").glob("*.json")}
+    assert copies == {p.name: p.read_bytes() for p in FOLDER.glob("*.json")}
 
 
 @pytest.mark.parametrize("name", NAMES)

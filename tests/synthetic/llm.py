@@ -121,7 +121,7 @@ def tiny_bpe_tokenizer(folder) -> Path:
 
 
 def tiny_decoder(family: str = "llama", seed: int = 0, vocab_size: int = 512):
-    """A random causal LM of the family (llama, mistral, qwen2, gemma), in eval mode."""
+    """A random causal LM of the family (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text), in eval mode."""
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -131,6 +131,9 @@ def tiny_decoder(family: str = "llama", seed: int = 0, vocab_size: int = 512):
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": None}),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}),
         "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, {"head_dim": 8}),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, {"head_dim": 8}),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 8, "query_pre_attn_scalar": 8}),
+        "gemma3_text": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, {"head_dim": 8, "query_pre_attn_scalar": 8}),
     }
     config_cls, model_cls, extra = classes[family]
     torch.manual_seed(seed)

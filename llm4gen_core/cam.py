@@ -18,6 +18,9 @@ Naming trap kept on purpose, because the attribute names are the release's state
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 from dataclasses import asdict, dataclass
 
 import torch
@@ -103,6 +106,9 @@ class CrossAdapter(nn.Module):
     def forward(self, clip_embeds: torch.Tensor, llm_embeds: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         """Fuse; ``strength`` scales the LLM tokens the CAM appends (1.0 is the release)."""
         clip, llm = self._checked(clip_embeds, llm_embeds)
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(float(strength)):
+            # ComfyUI's JSON accepts NaN and Infinity and its range check lets NaN through
+            raise FeatureMismatchError(f"strength must be a finite number, got {strength!r}")
         param = self.CrossFusionModule[0].q_proj.weight
         x = clip.to(param.device, param.dtype)
         llm = llm.to(param.device, param.dtype)

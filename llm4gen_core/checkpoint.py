@@ -14,7 +14,7 @@ import torch
 
 from .cam import CrossAdapter, CrossAdapterConfig
 from .errors import CheckpointError
-from .safe_files import listed, read_tensor_file
+from .safe_files import check_weight, listed, read_tensor_file
 
 DEFAULT_HEADS = 8
 META_PREFIX = "llm4gen."
@@ -71,10 +71,7 @@ def infer_config(state: dict[str, torch.Tensor], path, heads: int | None = None,
         if tuple(t.shape) != shape:
             raise CheckpointError(path, f"{key} has shape {list(t.shape)}, expected {list(shape)} "
                                         f"for CLIP {clip_dim} / LLM {llm_dim} / FFN {ffn_dim}")
-        if not t.is_floating_point():
-            raise CheckpointError(path, f"{key} has dtype {t.dtype}; weights must be floating point")
-        if not torch.isfinite(t).all():
-            raise CheckpointError(path, f"{key} contains NaN or infinite values", "the file is damaged")
+        check_weight(path, key, t)
     return cfg
 
 

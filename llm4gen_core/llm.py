@@ -109,6 +109,9 @@ class LLMEncoder:
             for hook in hooks:
                 hook.remove()
         hidden = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        if not torch.isfinite(hidden).all():  # NaNs would reach the UNet as a black image, silently
+            raise LLM4GENError(f"{self.source}: the LLM gave NaN or infinite features (its weights overflow in "
+                               f"{self.dtype}); load it in fp32 or bf16")
         return EncodedText(hidden, attention_mask.to(device), input_ids.to(device), counts, truncated)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -199,7 +202,13 @@ def _check_vocab_fits(tokenizer, model, path: Path) -> None:
 
 def _as_prompt_list(texts) -> list[str]:
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     if not isinstance(texts, Sequence) or not texts or not all(isinstance(t, str) for t in texts):
         raise LLM4GENError(f"texts must be a string or a non-empty list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate, e.g. "\\ud800" in a JSON prompt
+            raise LLM4GENError(f"prompt {i} is not valid Unicode: {exc.object[exc.start:exc.end]!r} at character "
+                               f"{exc.start} is half of a surrogate pair; remove it") from None
     return list(texts)

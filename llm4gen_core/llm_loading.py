@@ -5,16 +5,24 @@ the weights are read with :mod:`.safe_files` (safetensors, or ``torch.load(weigh
 the model is made on the meta device and the tensors are assigned into it, so memory holds one
 copy of the weights. Decoder-only LLMs go through transformers' Auto classes with
 ``local_files_only=True`` and never ``trust_remote_code``.
+
+A config.json is as untrusted as the weights: before any model is built from it, its layer count
+must match the layers the weight files hold, and (decoders) the parameters it describes must fit
+in the bytes of those files, so that a config cannot make the loader build or allocate more than
+the download itself holds. Every weight must be a float tensor with finite values.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError, LLMLoadError
-from .safe_files import first_line, listed, read_json, read_tensor_file, sniff_format
+from .safe_files import (
+    FLOAT_DTYPES, check_weight, check_zip_records, first_line, listed, read_json, read_tensor_file, sniff_format,
+)
 from .t5_config import check_shapes, infer_t5_config, looks_like_t5_encoder, t5_encoder_state
 
 T5_TYPES = ("t5", "mt5")
@@ -70,10 +78,7 @@ def weight_files(folder: Path) -> list[Path]:
     """The weight files of a model folder: a sharded index, the standard names, or a lone file."""
     for name in _INDEXES:
         if (folder / name).is_file():
-            index = read_json(folder / name)
-            shards = sorted(set((index.get("weight_map") or {}).values()))
-            if not shards:
-                raise LLMLoadError(f"{folder / name}: the shard index lists no files")
+            shards = _shards(folder / name)
             missing = [s for s in shards if not (folder / s).is_file()]
             if missing:
                 raise LLMLoadError(f"{folder / name}: shard files missing: {listed(missing)} (was the download complete?)")
@@ -90,15 +95,37 @@ def weight_files(folder: Path) -> list[Path]:
     raise LLMLoadError(f"{folder}: several weight files and no index to say which belong together: {listed(p.name for p in preferred)}")
 
 
+def _shards(index_file: Path) -> list[str]:
+    """The shard files a ``*.index.json`` names: plain file names inside its folder."""
+    index = read_json(index_file)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise LLMLoadError(f"{index_file}: malformed shard index (weight_map must map tensor names to file names)")
+    shards = sorted(set(weight_map.values()))
+    if not shards:
+        raise LLMLoadError(f"{index_file}: the shard index lists no files")
+    outside = [s for s in shards if Path(s).is_absolute() or ".." in Path(s).parts or "\\" in s]
+    if outside:
+        raise LLMLoadError(f"{index_file}: shard paths outside the model folder refused: {listed(outside)}")
+    return shards
+
+
 def read_weights(files: list[Path], dtype: torch.dtype, keep=lambda key: True) -> dict[str, torch.Tensor]:
-    """Tensors whose key ``keep`` accepts, cast to ``dtype`` as they are read (one file at a time,
-    so a fp32 checkpoint loaded as bf16 never sits in memory whole in fp32)."""
+    """Tensors whose key ``keep`` accepts, checked (float, finite) and cast to ``dtype`` as they are
+    read (one file at a time, so a fp32 checkpoint loaded as bf16 never sits in memory whole in fp32).
+    Tensors the file shares between keys (tied weights) stay shared."""
     state: dict[str, torch.Tensor] = {}
     for file in files:
         tensors = _read_file(file, keep)
+        cast: dict[tuple, torch.Tensor] = {}
         while tensors:  # popped, so each source tensor is freed once cast
             key, tensor = tensors.popitem()
-            state[key] = _cast(key, tensor, dtype)
+            check_weight(file, key, tensor)
+            view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
+                    tensor.dtype, bool(_KEEP_FP32_IN_FP16.search(key)))
+            if view not in cast:
+                cast[view] = _cast(key, tensor, dtype)
+            state[key] = cast[view]
     return state
 
 
@@ -146,19 +173,47 @@ def load_t5_encoder(path: Path, dtype: torch.dtype, config: dict | None = None):
         )
     state = t5_encoder_state(state, path)
     if config and config.get("model_type") in T5_TYPES:
-        t5_config = T5Config.from_dict({k: v for k, v in config.items() if k != "model_type"})
-        t5_config.is_encoder_decoder, t5_config.use_cache = False, False
         config_source = path / "config.json"
+        _check_layer_count(config.get("num_layers"), state, config_source, "num_layers", "encoder.block.",
+                           missing="missing weights")
+        try:
+            t5_config = T5Config.from_dict({k: v for k, v in config.items() if k != "model_type"})
+        except Exception as exc:  # transformers validates field types and values
+            raise LLMLoadError(f"{config_source}: not a usable T5 config ({first_line(exc)})") from None
+        t5_config.is_encoder_decoder, t5_config.use_cache = False, False
     else:
         t5_config = infer_t5_config(state, path)
         config_source = "the shapes of its tensors"
-    with torch.device("meta"):
-        model = T5EncoderModel(t5_config)
+    try:
+        with torch.device("meta"):
+            model = T5EncoderModel(t5_config)
+    except Exception as exc:  # sizes transformers refuses (negative, zero heads, ...)
+        raise LLMLoadError(f"{path}: cannot build a T5 encoder from {config_source} ({first_line(exc)})") from None
     model.set_input_embeddings(model.shared)  # one embedding, as in T5 (encoder.embed_tokens is shared)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
     check_shapes(expected, state, path, config_source)
     model.load_state_dict(state, strict=False, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def _check_layer_count(declared, state_keys, config_source, field: str, prefix: str,
+                       missing: str = "weights missing from the files") -> None:
+    """config.json's layer count must be the number of layers the weights hold: a model is built
+    (on the meta device, but still one Python object per layer) before its weights are checked,
+    so a config claiming a million layers would otherwise hang the loader."""
+    pattern = re.compile(rf"(?:^|\.){re.escape(prefix)}(\d+)\.")
+    found = sorted({int(m.group(1)) for k in state_keys if (m := pattern.search(k))})
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared < 1:
+        raise LLMLoadError(f"{config_source}: {field} must be a positive integer, got {declared!r}")
+    if declared == len(found):
+        return
+    if declared > len(found):
+        problem = (f"{missing}: {prefix}{len(found)}.* to {prefix}{declared - 1}.* "
+                   f"({field} is {declared}, the files hold {len(found)} layers)")
+    else:
+        problem = f"{field} is {declared} but the files hold {len(found)} layers ({prefix}0.* to {prefix}{found[-1]}.*)"
+    raise LLMLoadError(f"{config_source}: the weights do not fit config.json: {problem} "
+                       "(are the config and the weights from the same model?)")
 
 
 # ---- decoder-only LLMs ------------------------------------------------------------------------
@@ -167,19 +222,24 @@ def load_decoder(folder: Path, dtype: torch.dtype):
     """The base model (no LM head) of a decoder-only LLM folder, through transformers' Auto classes."""
     from transformers import AutoConfig, AutoModel
 
-    weight_files(folder)  # a clear error when there are none, before transformers' own
+    files = weight_files(folder)  # a clear error when there are none, before transformers' own
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report lists the unused LM head; real problems are raised below
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-        model, info = AutoModel.from_pretrained(
-            str(folder), config=config, **{_dtype_kwarg(): dtype}, local_files_only=True, trust_remote_code=False,
-            output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, with our wording
-        )
-    except Exception as exc:  # corrupt files, missing classes, ...: worded by transformers
-        raise LLMLoadError(f"{folder}: cannot load the LLM ({first_line(exc)})") from None
+        try:
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        except Exception as exc:  # malformed or unknown config: worded by transformers
+            raise LLMLoadError(f"{folder}: cannot load the LLM ({first_line(exc)})") from None
+        _check_decoder_files(folder, config, files)
+        try:
+            model, info = AutoModel.from_pretrained(
+                str(folder), config=config, **{_dtype_kwarg(): dtype}, local_files_only=True, trust_remote_code=False,
+                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, with our wording
+            )
+        except Exception as exc:  # corrupt files, missing classes, ...: worded by transformers
+            raise LLMLoadError(f"{folder}: cannot load the LLM ({first_line(exc)})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     problems = []
@@ -191,7 +251,73 @@ def load_decoder(folder: Path, dtype: torch.dtype):
     if problems:
         raise LLMLoadError(f"{folder}: the weights do not fit config.json: " + "; ".join(problems)
                            + " (are the config and the weights from the same model?)")
+    for name, parameter in model.named_parameters():
+        check_weight(folder, name, parameter)
     return model.eval().requires_grad_(False)
+
+
+_SAFETENSORS_FLOATS = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _tensor_index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype name) of every tensor in the files, read without the tensor data where
+    the format allows it (safetensors headers; torch zip files on the meta device)."""
+    index: dict[str, tuple[tuple[int, ...], str]] = {}
+    for file in files:
+        fmt = sniff_format(file)
+        if fmt == "safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(file), framework="pt", device="cpu") as f:
+                    for key in f.keys():
+                        info = f.get_slice(key)
+                        index[key] = (tuple(info.get_shape()), info.get_dtype())
+            except Exception as exc:
+                raise CheckpointError(file, f"corrupt safetensors file: {first_line(exc)}") from None
+            continue
+        tensors = None
+        if fmt == "torch-zip":
+            check_zip_records(file)  # transformers reads it with torch.load as well
+            try:
+                tensors = torch.load(str(file), map_location="meta", weights_only=True)
+            except Exception:
+                tensors = None
+            if not (isinstance(tensors, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in tensors.items())):
+                tensors = None
+        if tensors is None:  # legacy pickles and anything odd: read in full, which checks it and says what is wrong
+            tensors, _ = read_tensor_file(file)
+        for key, t in tensors.items():
+            index[key] = (tuple(t.shape), str(t.dtype).removeprefix("torch."))
+    return index
+
+
+def _check_decoder_files(folder: Path, config, files: list[Path]) -> None:
+    """Before transformers builds anything from config.json: float weights only, the same number of
+    layers in the config as in the files, and no more parameters described than the files hold
+    (transformers allocates what the config describes, whatever the files contain)."""
+    index = _tensor_index(files)
+    floats = set(_SAFETENSORS_FLOATS) | {str(d).removeprefix("torch.") for d in FLOAT_DTYPES}
+    bad = [f"{k} ({dtype})" for k, (_, dtype) in sorted(index.items()) if dtype not in floats]
+    if bad:
+        raise LLMLoadError(f"{folder}: weights that are not float32, float16, bfloat16 or float64: {listed(bad, 4)} "
+                           "(quantized or damaged files are not supported)")
+    _check_layer_count(getattr(config, "num_hidden_layers", None), index, folder / "config.json",
+                       "num_hidden_layers", "layers.")
+    from transformers import AutoModel
+
+    try:
+        with torch.device("meta"):
+            described = AutoModel.from_config(config, trust_remote_code=False)
+    except Exception as exc:  # sizes the model class refuses (zero heads, ...)
+        raise LLMLoadError(f"{folder / 'config.json'}: cannot build the model it describes ({first_line(exc)})") from None
+    needed = sum(p.numel() for p in described.parameters())
+    # what the headers declare, and never more than the files' bytes hold at 2 bytes a value
+    held = min(sum(math.prod(shape) for shape, _ in index.values()), sum(f.stat().st_size for f in files) // 2)
+    if needed > held:
+        raise LLMLoadError(f"{folder / 'config.json'}: describes a model of {needed:,} parameters but the weight files "
+                           f"hold only {held:,} values (are the config and the weights from the same model?)")
 
 
 def _mismatch(entry) -> str:

@@ -4,6 +4,15 @@ Formats are told apart by their bytes, not their names: safetensors is read with
 safetensors library; torch checkpoints (``.pth``/``.pt``/``.bin``, zip or legacy pickle) only
 with ``torch.load(weights_only=True)``, which refuses any pickled object that is not a tensor or
 a plain container. Every failure becomes a :class:`CheckpointError` naming the file.
+
+Sizes a file declares are checked against the bytes it holds before anything is allocated for
+them: safetensors and torch's zip reader do so themselves, and zip records must be stored, not
+compressed (torch would inflate them at any declared size); a legacy torch pickle allocates each
+storage at its declared size before reading it, so its declarations are read first (see
+:func:`_check_legacy_declared_sizes`). A torch tensor may also view its storage with strides that
+make it overlap itself (stride 0): a few bytes on disk, gigabytes once copied. No saved state dict
+has such tensors; they are refused, as are tensors aliasing one another beyond twice the data the
+file stores.
 """
 from __future__ import annotations
 
@@ -20,6 +29,10 @@ from .errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Weights the pack computes with. Integer, bool, complex and float8 (quantized) tensors are refused.
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Tied weights make tensors share storage; beyond this many times the stored bytes it is a bomb.
+MAX_ALIASING = 2
 
 # Wrappers training scripts put around a state dict; unwrapped when they hold the only dict.
 _WRAPPER_KEYS = ("state_dict", "model", "module", "projector")
@@ -57,6 +70,11 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
 
 def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
+        fmt = sniff_format(path)
+        if fmt == "torch-pickle":
+            _check_legacy_declared_sizes(path)
+        elif fmt == "torch-zip":
+            check_zip_records(path)
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
@@ -66,11 +84,111 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
                 "only plain state dicts are loaded; convert it to .safetensors where it was made",
             ) from None
         raise CheckpointError(path, f"corrupt torch checkpoint: {first_line(exc)}") from None
-    except MemoryError:
-        raise CheckpointError(path, "corrupt torch checkpoint: it declares tensors larger than memory") from None
+    except CheckpointError:
+        raise
     except Exception as exc:  # truncated zip, bad storage sizes, EOF, ...
         raise CheckpointError(path, f"corrupt or truncated torch checkpoint: {first_line(exc)}") from None
-    return _as_state_dict(path, obj)
+    state = _as_state_dict(path, obj)
+    _check_layouts(path, state)
+    return state
+
+
+def check_zip_records(path: Path) -> None:
+    """A zip torch checkpoint may hold no more bytes, once extracted, than the file itself: torch.save
+    stores its records uncompressed, and torch's reader inflates compressed ones into memory at
+    their declared size (a 0.5 MB file of deflated zeros became 512 MB)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(path, f"corrupt or truncated torch checkpoint: {first_line(exc)}") from None
+    compressed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
+    extracted, size = sum(r.file_size for r in records), os.path.getsize(path)
+    if compressed or extracted > size:
+        raise CheckpointError(path, f"refused: its zip records hold {extracted:,} bytes once extracted, in a file of "
+                                    f"{size:,} ({len(compressed)} compressed: {listed(compressed, 3)}); torch.save "
+                                    "never compresses, and a compressed checkpoint can expand to any size")
+
+
+def _check_legacy_declared_sizes(path: Path) -> None:
+    """A legacy (pre-zip) torch checkpoint: refuse it when its storages declare more bytes than the
+    file holds. torch's legacy reader allocates every storage at its declared size before reading
+    it; here the pickle is read by the same weights-only unpickler with storages on the meta device,
+    which allocates nothing."""
+    from torch import _weights_only_unpickler as restricted
+
+    declared: dict[str, int] = {}
+
+    def persistent_load(saved_id):
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 6 and saved_id[0] in ("storage", b"storage")):
+            raise RuntimeError(f"unexpected storage reference {str(saved_id)[:80]}")
+        _, storage_type, key, _location, numel, _view = saved_id
+        dtype = getattr(storage_type, "dtype", None)
+        if not isinstance(dtype, torch.dtype) or isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+            raise RuntimeError(f"malformed storage declaration {str(saved_id)[:80]}")
+        nbytes = numel * torch._utils._element_size(dtype)
+        declared[str(key)] = nbytes
+        meta = torch.UntypedStorage(nbytes, device="meta")
+        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)
+
+    with open(path, "rb") as f:
+        try:
+            magic = restricted.Unpickler(f).load()
+            if magic != torch.serialization.MAGIC_NUMBER:
+                return  # not torch's legacy layout: torch.load reports it
+            restricted.Unpickler(f).load()  # protocol version
+            restricted.Unpickler(f).load()  # system info
+            unpickler = restricted.Unpickler(f)
+            unpickler.persistent_load = persistent_load
+            unpickler.load()
+        except pickle.UnpicklingError as exc:  # worded as torch.load words what its unpickler refuses
+            raise pickle.UnpicklingError(f"Weights only load failed: {exc}") from None
+    total, size = sum(declared.values()), os.path.getsize(path)
+    if total > size:
+        raise CheckpointError(path, f"corrupt torch checkpoint: its tensors declare {total:,} bytes but the file holds "
+                                    f"only {size:,}", "was the download cut short?")
+
+
+def _check_layouts(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors whose strides make them overlap themselves, and aliasing beyond MAX_ALIASING
+    times the stored bytes: both let a small file expand to any size once its tensors are copied."""
+    views: dict[tuple, int] = {}
+    storages: dict[int, int] = {}
+    for key, t in state.items():
+        if not _non_overlapping(t):
+            raise CheckpointError(path, f"{key} overlaps itself in memory (shape {list(t.shape)}, strides "
+                                        f"{list(t.stride())}): no saved state dict has such a tensor, refused")
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        views[(storage.data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)] = t.numel() * t.element_size()
+    viewed, stored = sum(views.values()), sum(storages.values())
+    if viewed > MAX_ALIASING * stored + (1 << 20):
+        raise CheckpointError(path, f"its tensors view {viewed:,} bytes of only {stored:,} stored bytes (tensors "
+                                    "aliasing one another far beyond tied weights), refused")
+
+
+def _non_overlapping(t: torch.Tensor) -> bool:
+    """No two indices of ``t`` address the same element of its storage."""
+    needed = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride < needed:
+            return False
+        needed = stride * (size - 1) + needed
+    return True
+
+
+def check_weight(path, key: str, t: torch.Tensor) -> None:
+    """A weight the pack can compute with: a float dtype, and only finite values. A NaN or inf makes
+    the tensor's sum non-finite, so a finite sum (one fast pass in the tensor's own dtype, no
+    temporary) clears it; only a non-finite sum, which may also be an overflow, is looked at element
+    by element."""
+    if t.dtype not in FLOAT_DTYPES:
+        kind = "quantized (float8) weights are not supported" if "float8" in str(t.dtype) else "weights must be floating point"
+        raise CheckpointError(path, f"{key} has dtype {t.dtype}; {kind} (float32, float16, bfloat16 or float64)")
+    if t.numel() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
+        raise CheckpointError(path, f"{key} contains NaN or infinite values", "the file is damaged")
 
 
 def read_tensor_file(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -101,7 +219,7 @@ def read_json(path: Path) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(path, f"unreadable JSON: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(path, "expected a JSON object")

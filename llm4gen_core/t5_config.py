@@ -70,7 +70,7 @@ def infer_t5_config(state: dict[str, torch.Tensor], source):
         vocab = state["shared.weight"].shape[0]
         gated = _FF + "wi_0.weight" in state
         d_ff = state[_FF + ("wi_0.weight" if gated else "wi.weight")].shape[0]
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
         raise LLMLoadError(f"{source}: malformed T5 encoder weights in block 0 (missing or misshapen {exc})") from None
     if heads <= 0 or inner % heads:
         raise LLMLoadError(f"{source}: attention width {inner} does not split into {heads} heads")

@@ -28,6 +28,7 @@ from .safe_files import first_line
 SPM_NAMES = ("spiece.model", "tokenizer.model", "sentencepiece.model")
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", *SPM_NAMES)
 T5_EXTRA_IDS = 100
+MAX_EXTRA_IDS = 1000
 
 
 class SentencePieceTokenizer:
@@ -95,13 +96,23 @@ class SentencePieceTokenizer:
 
 
 def _spm_proto_from_tokenizer_json(path: Path) -> tuple[bytes, dict[str, int]]:
+    try:
+        return _convert_tokenizer_json(path)
+    except LLMLoadError:
+        raise
+    except Exception as exc:  # a field of the wrong type or shape anywhere in the file
+        raise LLMLoadError(f"{path}: malformed tokenizer.json ({type(exc).__name__}: {first_line(exc)})") from None
+
+
+def _convert_tokenizer_json(path: Path) -> tuple[bytes, dict[str, int]]:
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         model = data["model"]
         kind = model.get("type")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError,
+            AttributeError) as exc:
         raise LLMLoadError(f"{path}: unreadable tokenizer.json ({first_line(exc)})") from None
     if kind != "Unigram":
         raise LLMLoadError(
@@ -109,7 +120,11 @@ def _spm_proto_from_tokenizer_json(path: Path) -> tuple[bytes, dict[str, int]]:
             "(spiece.model, or a tokenizer.json converted from one); point tokenizer_path at T5's tokenizer"
         )
     vocab = model["vocab"]
-    added = {t["id"]: t for t in data.get("added_tokens") or []}
+    added_tokens = data.get("added_tokens") or []
+    if not isinstance(added_tokens, list) or not all(
+            isinstance(t, dict) and type(t.get("id")) is int and isinstance(t.get("content"), str) for t in added_tokens):
+        raise LLMLoadError(f"{path}: malformed tokenizer.json (added_tokens must be a list of {{id, content}} entries)")
+    added = {t["id"]: t for t in added_tokens}
     # Tokens appended after the sentencepiece vocabulary (T5's <extra_id_N>) are added tokens;
     # the sentencepiece model is everything before that tail.
     size = len(vocab)
@@ -188,14 +203,20 @@ def load_t5_tokenizer(path: Path) -> SentencePieceTokenizer:
 
 
 def _extra_ids(folder: Path) -> int:
+    """How many ``<extra_id_N>`` sentinels follow the vocabulary (T5: 100), from tokenizer_config.json.
+    Bounded: each is a token the tokenizer holds in memory and matches in every prompt."""
     config = folder / "tokenizer_config.json"
-    if config.is_file():
-        try:
-            value = json.loads(config.read_text(encoding="utf-8")).get("extra_ids", T5_EXTRA_IDS)
-            return int(value)
-        except (OSError, ValueError, TypeError, AttributeError):
-            pass
-    return T5_EXTRA_IDS
+    if not config.is_file():
+        return T5_EXTRA_IDS
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise LLMLoadError(f"{config}: unreadable JSON ({first_line(exc)})") from None
+    value = data.get("extra_ids", T5_EXTRA_IDS) if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_EXTRA_IDS:
+        raise LLMLoadError(f"{config}: extra_ids must be a whole number from 0 to {MAX_EXTRA_IDS} (T5 has 100), "
+                           f"got {str(value)[:40]!r}")
+    return value
 
 
 def has_hf_tokenizer(folder: Path) -> bool:
@@ -227,7 +248,11 @@ class HFTokenizer:
 
     def tokenize(self, text: str) -> list[int]:
         if self.template == "chat":
-            text = self.inner.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                  add_generation_prompt=False)
+            try:
+                text = self.inner.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=False)
+            except Exception as exc:  # the template is the model folder's (sandboxed jinja): its errors
+                raise LLMLoadError(f"{self.source}: the chat template failed ({type(exc).__name__}: "
+                                   f"{first_line(exc)}); use template 'plain'") from None
             return list(self.inner(text, add_special_tokens=False)["input_ids"])
         return list(self.inner(text, add_special_tokens=True)["input_ids"])

@@ -73,9 +73,9 @@ def _clip_part(cond: torch.Tensor, options: dict, clip_tokens: str, index: int) 
         cond = cond[:, : options[MARKER]["clip_tokens"]]
     if cond.shape[1] > CLIP_CHUNK:
         if clip_tokens == RELEASE_TOKENS:
-            log.warning("LLM4GEN: conditioning entry %d has %d CLIP tokens (prompt longer than 77); fusing the "
-                        "first 77 as the release was trained. Set clip_tokens to 'all chunks' to keep all.",
-                        index, cond.shape[1])
+            log.warning("LLM4GEN: conditioning entry %d has %d CLIP tokens (a prompt longer than 77 tokens, or "
+                        "Conditioning Concat); fusing the first 77 as the release was trained. Set clip_tokens to "
+                        "'all chunks' to keep all.", index, cond.shape[1])
             return cond[:, :CLIP_CHUNK]
         log.warning("LLM4GEN: fusing %d CLIP tokens; the released UNet was trained on 77 + 256.", cond.shape[1])
     return cond
@@ -108,9 +108,25 @@ class CLIPLLMCrossAdapter(io.ComfyNode):
         if getattr(clip, "layer_idx", None) not in (None, -1):
             log.warning("LLM4GEN: CLIP uses clip skip %s; the release was trained on the last layer (-1)",
                         clip.layer_idx)
-        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(text))
+        tokens = clip.tokenize(text)
+        if clip_tokens == RELEASE_TOKENS:
+            tokens = _first_chunk_only(tokens)
+        conditioning = clip.encode_from_tokens_scheduled(tokens)
         return io.NodeOutput(fuse_conditioning(conditioning, adapter, llm_embeds, strength, clip_tokens,
                                                controlnet_context))
+
+
+def _first_chunk_only(tokens: dict) -> dict:
+    """Keep only the first 77-token chunk of each CLIP's tokens before encoding: the release fuses
+    only those, and CLIP encodes every chunk it is given (a 100,000-character prompt is ~400 chunks,
+    minutes on a CPU) before the rest would be cut off. Chunks are encoded independently, so the
+    first one comes out the same."""
+    chunks = max((len(v) for v in tokens.values() if isinstance(v, list)), default=0)
+    if chunks <= 1:
+        return tokens
+    log.warning("LLM4GEN: the CLIP prompt is %d chunks of 77 tokens; only the first is encoded and fused, as the "
+                "release was trained. Set clip_tokens to 'all chunks' to keep all.", chunks)
+    return {key: value[:1] if isinstance(value, list) else value for key, value in tokens.items()}
 
 
 class ApplyLLM4GENConditioning(io.ComfyNode):

@@ -61,10 +61,17 @@ def has_tokenizer(path: str) -> bool:
 
 def llm_choices() -> list[str]:
     """Model folders and single .safetensors files in the LLM folders, with folder-relative
-    names. Files inside a model folder are its shards, not choices of their own."""
+    names. Files inside a model folder are its shards, not choices of their own. Symlinked folders
+    are followed, each real folder once (two links back up the tree made the walk exponential)."""
     found: set[str] = set()
     for root in _llm_roots():
+        visited: set[str] = set()
         for here, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(here)
+            if real in visited:  # a symlink back up the tree: walking it again would never end
+                dirs.clear()
+                continue
+            visited.add(real)
             rel = os.path.relpath(here, root)
             if rel != "." and is_model_folder(here):
                 found.add(rel.replace(os.sep, "/"))

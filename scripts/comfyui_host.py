@@ -36,6 +36,19 @@ def user_comfyui() -> Path | None:
     return Path(path).expanduser().resolve() if path else None
 
 
+def models_base(explicit: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The ComfyUI base directory whose ``models/`` the headless runner and get_models.py use,
+    and why: ``explicit`` (``--base-directory``), else ``LLM4GEN_BASE_DIR``, else the user's
+    ComfyUI (``COMFYUI_PATH``), else ``comfyui-base`` in the cache."""
+    if explicit:
+        return Path(explicit).expanduser().resolve(), "--base-directory"
+    if os.environ.get("LLM4GEN_BASE_DIR"):
+        return Path(os.environ["LLM4GEN_BASE_DIR"]).expanduser().resolve(), "LLM4GEN_BASE_DIR"
+    if user_comfyui():
+        return user_comfyui(), "your ComfyUI (COMFYUI_PATH)"
+    return cache_dir() / "comfyui-base", "default"
+
+
 def comfyui_root(version: str = HOST_VERSION) -> Path:
     """The user's ComfyUI (COMFYUI_PATH) for the default version, else the cached host copy."""
     if version == HOST_VERSION and user_comfyui():
@@ -86,6 +99,61 @@ def install(version: str = HOST_VERSION) -> Path:
         except OSError:  # another process unpacked it meanwhile
             if not (root / "main.py").exists():
                 raise
+    return root
+
+
+# --- importing ComfyUI into this process --------------------------------------------------------
+
+# ComfyUI's top-level module names that this repo or the tests could shadow.
+_COMFY_TOP_LEVEL = ("nodes", "utils", "execution", "server", "folder_paths", "comfy", "app")
+
+
+def _module_file(name: str) -> Path | None:
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", []) or []), None)
+    return Path(path).resolve() if path else None
+
+
+def import_comfyui(base_directory: str | os.PathLike | None = None) -> Path:
+    """Make ``import comfy...`` / ``import nodes`` load ComfyUI in CPU mode; returns its root.
+
+    Used to build random stand-in models with ComfyUI's own classes (scripts/smoke_models.py)
+    and by the tests' in-process host.
+
+    - ComfyUI's root goes first on ``sys.path``: its top-level modules ``nodes``, ``utils``,
+      ``execution``, ``server`` ... would otherwise clash with this repo's ``nodes/`` package.
+    - ``comfy.cli_args.args`` is ComfyUI's argument namespace (nothing is parsed when ComfyUI is
+      imported as a library). ``cpu`` must be set before ``comfy.model_management`` is imported
+      (it picks the device at import), ``base_directory`` before ``folder_paths`` is imported
+      (it computes every folder at import); asking for another base directory afterwards is an
+      error rather than a silent mix-up.
+    """
+    root = comfyui_root().resolve()
+    if not (root / "comfy" / "model_management.py").exists():
+        raise RuntimeError(f"no ComfyUI at {root}: run `python scripts/comfyui_host.py install`")
+    for name in _COMFY_TOP_LEVEL:
+        where = _module_file(name)
+        if name in sys.modules and (where is None or root not in where.parents):
+            raise RuntimeError(
+                f"module {name!r} was imported from {where}, not from ComfyUI at {root}: "
+                "import ComfyUI (comfyui_host.import_comfyui) before anything named like it"
+            )
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
+    sys.path.insert(0, str(root))
+
+    from comfy.cli_args import args  # parses nothing: ComfyUI's defaults
+
+    if "comfy.model_management" not in sys.modules:
+        args.cpu = True
+    elif not args.cpu:
+        raise RuntimeError("comfy.model_management was imported before CPU mode could be set")
+    if base_directory is not None:
+        wanted = os.path.abspath(base_directory)
+        if "folder_paths" in sys.modules:
+            current = sys.modules["folder_paths"].base_path
+            if os.path.abspath(current) != wanted:
+                raise RuntimeError(f"ComfyUI's folder_paths already uses {current}, not {wanted}")
+        args.base_directory = wanted
     return root
 
 

@@ -6,8 +6,9 @@
   files or folders into model folders.
 - ``InProcessComfy``: ComfyUI imported into this process; ``run(prompt)`` validates with
   ComfyUI's ``execution.validate_prompt`` and runs ComfyUI's ``PromptExecutor``.
-- ``ComfyServer``: ``main.py`` as a subprocess on loopback; ``run(prompt)`` POSTs ``/prompt``
-  and polls ``/history/<id>``.
+- ``ComfyServer``: ``main.py`` as a subprocess on loopback (started by
+  ``scripts/comfyui_server.py``, which the headless runner uses too); ``run(prompt)`` POSTs
+  ``/prompt`` and polls ``/history/<id>``.
 
 Both hosts share the base directory and the same ``run() -> RunResult`` API, raising
 ``ComfyValidationError`` / ``ComfyExecutionError`` with ComfyUI's own messages.
@@ -15,74 +16,35 @@ Both hosts share the base directory and the same ``run() -> RunResult`` API, rai
 from __future__ import annotations
 
 import asyncio
-import atexit
 import copy
 import gc
-import json
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scripts.comfyui_server import (  # noqa: F401  (re-exported)
+    MODEL_FOLDERS, PACK_LINK, ComfyError, ComfyExecutionError, ComfyUIServer, ComfyValidationError, link_dir,
+    prepare_base, raise_if_failed,
+)
 from synthetic import comfy_env
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RECORDER_PACK = HERE / "recorder_pack"
-PACK_LINK = "ComfyUI-LLM4GEN"
 RECORDER_LINK = "llm4gen_test_recorder"
 RECORDS_SUBDIR = "llm4gen_test_records"  # recorder_pack writes here, under the output dir
 RECORDER_NODE = "LLM4GENTestRecordUNet"
 CLIENT_ID = "llm4gen-tests"
-MODEL_FOLDERS = ("checkpoints", "diffusion_models", "text_encoders", "LLM", "llm4gen", "controlnet",
-                 "loras", "vae", "clip", "embeddings")
 
 
 # --- errors and results ---------------------------------------------------------------------
+# The server launcher and ComfyUI's errors live in scripts/comfyui_server.py (the headless
+# runner uses them too); they are re-exported here under the names the tests use.
 
-class ComfyError(Exception):
-    """A prompt ComfyUI refused or failed; the message is ComfyUI's own."""
-
-
-class ComfyValidationError(ComfyError):
-    """``validate_prompt`` refused the prompt (HTTP 400 from the server)."""
-
-    def __init__(self, error: dict, node_errors: dict):
-        self.error, self.node_errors = error, node_errors
-        lines = [f"{error.get('message')}: {error.get('details')}".rstrip(": ")]
-        for node_id, info in (node_errors or {}).items():
-            for e in info.get("errors", []):
-                lines.append(f"  node {node_id} ({info.get('class_type')}): {e.get('message')}: {e.get('details')}")
-        super().__init__("\n".join(lines))
-
-
-class ComfyExecutionError(ComfyError):
-    """A node raised while the prompt ran (``execution_error`` in the history's messages)."""
-
-    def __init__(self, prompt_id: str, details: dict, interrupted: bool = False):
-        self.prompt_id, self.details, self.interrupted = prompt_id, details, interrupted
-        self.node_id = details.get("node_id")
-        self.node_type = details.get("node_type")
-        self.exception_type = details.get("exception_type")
-        self.exception_message = details.get("exception_message", "")
-        if interrupted:
-            text = f"prompt {prompt_id} interrupted at node {self.node_id} ({self.node_type})"
-        else:
-            text = (f"node {self.node_id} ({self.node_type}) failed: {self.exception_type}: "
-                    f"{self.exception_message}\n" + "".join(details.get("traceback") or []))
-        super().__init__(text)
-
-
-def _raise_if_failed(prompt_id: str, messages: list) -> None:
-    for event, data in messages:
-        if event in ("execution_error", "execution_interrupted"):
-            raise ComfyExecutionError(prompt_id, data, interrupted=event == "execution_interrupted")
+_raise_if_failed = raise_if_failed
 
 
 @dataclass
@@ -120,13 +82,8 @@ class ComfyBase:
     """A ComfyUI ``--base-directory`` in a temp folder, shared by both hosts."""
 
     def __init__(self, root: str | os.PathLike, repo: Path = REPO):
-        self.root = Path(root).resolve()
-        for folder in MODEL_FOLDERS:
-            (self.root / "models" / folder).mkdir(parents=True, exist_ok=True)
-        for folder in ("input", "output", "user", "temp", "custom_nodes"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
-        self._link(self.root / "custom_nodes" / PACK_LINK, Path(repo).resolve())
-        self._link(self.root / "custom_nodes" / RECORDER_LINK, RECORDER_PACK)
+        self.root = prepare_base(root, pack=repo)
+        link_dir(self.root / "custom_nodes" / RECORDER_LINK, RECORDER_PACK)
 
     @property
     def output_dir(self) -> Path:
@@ -178,12 +135,6 @@ class ComfyBase:
             if (kind is None or record["kind"] == kind) and (label is None or record["label"] == label):
                 found.append(record)
         return found
-
-    @staticmethod
-    def _link(link: Path, target: Path) -> None:
-        if link.is_symlink() and link.resolve() == target.resolve():
-            return
-        link.symlink_to(target, target_is_directory=True)
 
 
 # --- in-process host ------------------------------------------------------------------------
@@ -307,138 +258,19 @@ class InProcessComfy:
 
 # --- server ---------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """In the server child, before exec (Linux): SIGTERM when the test process dies, so a
-    killed pytest never leaves a ComfyUI server behind."""
-    try:
-        import ctypes
-        import signal
+class ComfyServer(ComfyUIServer):
+    """``main.py`` as a subprocess on 127.0.0.1 with a ``ComfyBase`` as its base directory
+    (scripts/comfyui_server.py starts it); ``run()`` gives a ``RunResult``."""
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ComfyServer:
-    """``main.py`` as a subprocess, listening on 127.0.0.1 only; its log goes to a file."""
-
-    # Not needed by the tests and slow or noisy here: API (cloud) nodes; the on-disk database.
-    DEFAULT_ARGS = ("--disable-api-nodes", "--database-url", "sqlite:///:memory:")
-
-    def __init__(self, base: ComfyBase, extra_args: tuple[str, ...] = DEFAULT_ARGS,
+    def __init__(self, base: ComfyBase, extra_args: tuple[str, ...] = ComfyUIServer.DEFAULT_ARGS,
                  python: str = sys.executable, start_timeout: float = 180.0):
         self.base = base
-        self.root = comfy_env.comfyui_root()
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = base.root / f"server-{self.port}.log"
-        self.command = [python, str(self.root / "main.py"), "--cpu", "--listen", "127.0.0.1",
-                        "--port", str(self.port), "--disable-auto-launch",
-                        "--base-directory", str(base.root), *extra_args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        start = time.perf_counter()
-        self._log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command, cwd=self.root, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        atexit.register(self.stop)
-        try:
-            self._wait_until_up(start_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        self.startup_seconds = time.perf_counter() - start
-
-    def _wait_until_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                self.request("GET", "/system_stats", timeout=2)
-                return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
-        raise TimeoutError(f"ComfyUI server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
-
-    def request(self, method: str, path: str, payload=None, timeout: float = 30):
-        """One HTTP call; returns (status, parsed JSON or text). Non-2xx answers are returned."""
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data else {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as response:
-                status, body = response.status, response.read()
-        except urllib.error.HTTPError as e:
-            status, body = e.code, e.read()
-        try:
-            return status, json.loads(body) if body else None
-        except ValueError:
-            return status, body.decode(errors="replace")
-
-    def queue(self, prompt: dict, client_id: str | None = None) -> str:
-        """POST /prompt; returns the prompt id, raises ComfyValidationError on a 400."""
-        payload = {"prompt": prompt, **({"client_id": client_id} if client_id else {})}
-        status, answer = self.request("POST", "/prompt", payload)
-        if status == 400 and isinstance(answer, dict):
-            raise ComfyValidationError(answer.get("error") or {}, answer.get("node_errors") or {})
-        if status != 200:
-            raise ComfyError(f"POST /prompt answered {status}: {answer}")
-        return answer["prompt_id"]
-
-    def wait(self, prompt_id: str, timeout: float = 300) -> dict:
-        """Polls /history/<id> until the prompt is done; returns its history entry."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            _, history = self.request("GET", f"/history/{prompt_id}")
-            if isinstance(history, dict) and prompt_id in history:
-                return history[prompt_id]
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
-            time.sleep(0.1)
-        raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s:\n{self.log_tail()}")
+        super().__init__(base.root, root=comfy_env.comfyui_root(), extra_args=extra_args, python=python,
+                         start_timeout=start_timeout)
 
     def run(self, prompt: dict, timeout: float = 300) -> RunResult:
         prompt_id = self.queue(prompt)
         entry = self.wait(prompt_id, timeout)
         messages = [tuple(m) for m in (entry.get("status") or {}).get("messages", [])]
-        _raise_if_failed(prompt_id, messages)
+        raise_if_failed(prompt_id, messages)
         return RunResult(prompt_id, entry.get("outputs", {}), messages, self.base)
-
-    def object_info(self, node_class: str | None = None) -> dict:
-        status, info = self.request("GET", f"/object_info/{node_class}" if node_class else "/object_info", timeout=60)
-        if status != 200:
-            raise ComfyError(f"GET /object_info answered {status}: {info}")
-        return info[node_class] if node_class else info
-
-    def interrupt(self) -> None:
-        self.request("POST", "/interrupt", {})
-
-    def free(self) -> None:
-        """POST /free. ComfyUI's worker reads the flag only when it next takes a prompt off the
-        queue, so models are unloaded after the next prompt (or ~1000 s idle), not at once."""
-        self.request("POST", "/free", {"unload_models": True, "free_memory": True})
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Terminate the server (our own child, by its pid) and wait for it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
-        if not self._log_file.closed:
-            self._log_file.close()

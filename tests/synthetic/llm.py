@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+# The T5 encoder builders are shared with the headless runner's smoke mode.
+from scripts.smoke_models import T5_TINY, t5_state, tiny_t5_encoder, tiny_t5_rankgen_folder  # noqa: F401
+
 # Words and scripts the tiny vocabularies learn; characters outside them (emoji, most CJK) are
 # unknown to the tokenizer, as rare characters are to T5's.
 _CORPUS_WORDS = (
@@ -25,8 +28,6 @@ _CORPUS_WORDS = (
     "pre A The In An photo Photo Ground "
     "naïve café résumé über straße ünïcödé déjà vu 日本 語 東京 中文 猫 привет мир 123 456 2024 3.14 , . ! ? ' \" - ( )"
 ).split()
-T5_TINY = dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=32,
-               feed_forward_proj="gated-gelu")
 T5_VOCAB = 512  # >= tiny spm pieces + 100 sentinels, like T5's 32128 >= 32100
 
 
@@ -71,62 +72,6 @@ def tiny_t5_tokenizer_json(folder, spm_folder) -> Path:
     for extra in folder.iterdir():
         if extra.name not in ("tokenizer.json", "tokenizer_config.json"):
             extra.unlink()
-    return folder
-
-
-def tiny_t5_encoder(seed: int = 0, vocab_size: int = T5_VOCAB, **overrides):
-    """A random ``transformers.T5EncoderModel`` in eval mode, its embedding tied as T5's is."""
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    config = T5Config(vocab_size=vocab_size, **{**T5_TINY, **overrides})
-    model = T5EncoderModel(config)
-    model.set_input_embeddings(model.shared)
-    with torch.no_grad():  # non-trivial norms, so a mixed-up weight shows in the numbers
-        for name, p in model.named_parameters():
-            if "layer_norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-    return model.eval()
-
-
-def t5_state(model) -> dict[str, torch.Tensor]:
-    """The encoder's tensors under HF names, with both embedding keys (as transformers 4.x saved)."""
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    state["encoder.embed_tokens.weight"] = state["shared.weight"]
-    return state
-
-
-def tiny_t5_rankgen_folder(folder, model, fmt: str = "bin", tokenizer_from=None, config_style: str = "release") -> Path:
-    """RankGen's layout (kalpeshk2011/rankgen-t5-*): custom code, the encoder under ``t5_encoder.``
-    beside a ``projection`` layer, no tokenizer.
-
-    config_style "release": config.json as RankGen ships it (a T5 config plus ``auto_map`` to its
-    T5EncoderWithProjection); "custom": a config.json that is no T5 config at all, so the T5
-    config must come from the tensor shapes.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    custom = {"architectures": ["T5EncoderWithProjection"],
-              "auto_map": {"AutoModel": "modeling_rankgen.T5EncoderWithProjection"}}
-    if config_style == "release":
-        config = {**model.config.to_dict(), **custom, "is_encoder_decoder": True, "transformers_version": "4.20.1"}
-    else:
-        config = {**custom, "model_type": "rankgen", "model_size": "xl"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    # The custom code a user must never need: its presence proves it is not run.
-    (folder / "modeling_rankgen.py").write_text("raise RuntimeError('custom model code was executed')\n")
-    state = {f"t5_encoder.{k}": v for k, v in t5_state(model).items()}
-    d_model = model.config.d_model
-    state["projection.weight"] = torch.randn(d_model, d_model, generator=torch.Generator().manual_seed(9))
-    if fmt == "bin":
-        torch.save(state, folder / "pytorch_model.bin")
-    else:
-        from safetensors.torch import save_file
-
-        del state["t5_encoder.encoder.embed_tokens.weight"]  # safetensors refuses shared storage
-        save_file(state, folder / "model.safetensors")
-    if tokenizer_from is not None:
-        (folder / "spiece.model").write_bytes((Path(tokenizer_from) / "spiece.model").read_bytes())
     return folder
 
 
@@ -176,7 +121,7 @@ def tiny_bpe_tokenizer(folder) -> Path:
 
 
 def tiny_decoder(family: str = "llama", seed: int = 0, vocab_size: int = 512):
-    """A random causal LM of the family (llama, mistral, qwen2, gemma), in eval mode."""
+    """A random causal LM of the family (llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text), in eval mode."""
     import transformers as tf
 
     common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -186,6 +131,9 @@ def tiny_decoder(family: str = "llama", seed: int = 0, vocab_size: int = 512):
         "mistral": (tf.MistralConfig, tf.MistralForCausalLM, {"sliding_window": None}),
         "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, {}),
         "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM, {"head_dim": 8}),
+        "qwen3": (tf.Qwen3Config, tf.Qwen3ForCausalLM, {"head_dim": 8}),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, {"head_dim": 8, "query_pre_attn_scalar": 8}),
+        "gemma3_text": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM, {"head_dim": 8, "query_pre_attn_scalar": 8}),
     }
     config_cls, model_cls, extra = classes[family]
     torch.manual_seed(seed)

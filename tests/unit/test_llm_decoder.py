@@ -35,7 +35,7 @@ def llama(tmp_path_factory):
     return tiny_decoder_folder(tmp_path_factory.mktemp("llama"), model), model
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"])
 def test_families_match_transformers(tmp_path, family):
     model = tiny_decoder(family, seed=6)
     folder = tiny_decoder_folder(tmp_path / family, model)

@@ -209,7 +209,9 @@ def run_memory(host, names: dict, args) -> dict:
 
     import llm4gen_graphs as lg
 
-    run = host.run(graph("llm4gen", names, size=args.size, steps=args.steps, seed=1, llm_dtype=args.llm_dtype))
+    # Its own text and seed, so that nothing is served from the cache when other modes ran before.
+    run = host.run(graph("llm4gen", names, size=args.size, steps=args.steps, seed=7, text=PROMPT + " Memory run.",
+                         llm_dtype=args.llm_dtype))
     timeline = [{"node": n.node, "class_type": n.class_type, "seconds": n.seconds, "peak_rss_gib": n.peak_rss_gib,
                  "rss_after_gib": n.rss_after_gib, "loaded_models": n.loaded_models} for n in run.nodes]
     for t in timeline:
@@ -257,7 +259,8 @@ def loaded_models_short() -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["e2e", "steps", "memory"])
+    parser.add_argument("mode", choices=["e2e", "steps", "memory", "all"],
+                        help="all: e2e stock, e2e llm4gen, steps and memory in one process (for --quick smoke runs)")
     parser.add_argument("--graph", choices=["stock", "llm4gen"], default="llm4gen", help="e2e: which graph")
     parser.add_argument("--attention", choices=sorted(ATTENTION_ARGS), default="default",
                         help="ComfyUI's attention option: default (its choice: sub-quadratic on CPU), pytorch "
@@ -286,7 +289,7 @@ def main(argv=None) -> int:
     args.encode_repeats = args.encode_repeats or (2 if quick else 4)
     args.llm = args.llm or ("small" if quick else ("xl-1layer" if args.mode == "steps" else "xl"))
     # steps alternates two graphs: an LRU cache keeps both graphs' loaders and encodes.
-    args.cache = args.cache or ("lru" if args.mode == "steps" else "classic")
+    args.cache = args.cache or ("lru" if args.mode in ("steps", "all") else "classic")
     if args.cache == "lru" and not args.cache_arg:
         args.cache_arg = 64
     comfy_args = dict(ATTENTION_ARGS[args.attention])
@@ -305,8 +308,16 @@ def main(argv=None) -> int:
           f"{args.size}x{args.size}", flush=True)
     result = {"mode": args.mode, "quick": quick, "facts": facts, "machine": common.machine(), "llm_size": args.llm,
               "checkpoint": names["checkpoint"], "comfy_args": comfy_args}
-    runner = {"e2e": run_e2e, "steps": run_steps, "memory": run_memory}[args.mode]
-    result.update(runner(host, names, args))
+    if args.mode == "all":
+        for key, mode, graph_kind in (("e2e_stock", run_e2e, "stock"), ("e2e_llm4gen", run_e2e, "llm4gen"),
+                                      ("steps", run_steps, None), ("memory", run_memory, None)):
+            sub = copy.copy(args)
+            sub.graph = graph_kind or args.graph
+            print(f"--- {key} ---", flush=True)
+            result[key] = mode(host, names, sub)
+    else:
+        runner = {"e2e": run_e2e, "steps": run_steps, "memory": run_memory}[args.mode]
+        result.update(runner(host, names, args))
     result["process_peak_rss_gib"] = host.max_peak_rss_gib
     result["loadavg_after"] = common.loadavg()
     common.write_json(args.json, result)

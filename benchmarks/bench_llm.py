@@ -102,28 +102,34 @@ LOAD_CHILD = r"""
 import json, sys, time
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
 import common
+import torch
 from llm4gen_core import load_llm
-start = time.perf_counter()
-llm = load_llm(sys.argv[2], tokenizer_path=sys.argv[3], dtype=sys.argv[4], device="cpu")
-took = time.perf_counter() - start
+device = sys.argv[5]
+with common.AnonPeak() as anon:
+    start = time.perf_counter()
+    llm = load_llm(sys.argv[2], tokenizer_path=sys.argv[3], dtype=sys.argv[4], device=device)
+    common.sync(torch.device(device))
+    took = time.perf_counter() - start
 params = sum(p.numel() * p.element_size() for p in llm.model.parameters()) / 2**30
-print(json.dumps({"dtype": sys.argv[4], "seconds": took, "peak_rss_gib": common.peak_rss_gib(),
-                  "rss_gib": common.rss_gib(), "weights_gib": params, "llm": repr(llm)}))
+vram = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+print(json.dumps({"dtype": sys.argv[4], "device": device, "seconds": took, "peak_rss_gib": common.peak_rss_gib(),
+                  "peak_anon_rss_gib": anon.peak_gib, "rss_gib": common.rss_gib(), "weights_gib": params,
+                  "peak_vram_gib": vram, "llm": repr(llm)}))
 """
 
 
-def bench_load(dtypes=("fp32", "bf16", "fp16")) -> list[dict]:
-    """load_llm on the cached XL RankGen folder, each dtype in a fresh process."""
-    folder = rankgen_folder("xl")
+def bench_load(dtypes=("fp32", "bf16", "fp16"), size: str = "xl", device: str = "cpu") -> list[dict]:
+    """load_llm on the cached RankGen folder of ``size``, each dtype in a fresh process."""
+    folder = rankgen_folder(size)
     size = (folder / "pytorch_model.bin").stat().st_size / 1e9
     rows = []
     for dtype in dtypes:
         out = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(common.ROOT), str(folder), str(t5_tokenizer_folder()),
-                              dtype], check=True, capture_output=True, text=True)
+                              dtype, device], check=True, capture_output=True, text=True)
         row = __import__("json").loads(out.stdout.strip().splitlines()[-1])
         row["file_gb"] = size
         rows.append(row)
-        print(f"load_llm {dtype}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_gib']:.2f} GiB, RSS after "
+        print(f"load_llm {dtype}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_gib']:.2f} GiB (anonymous {row['peak_anon_rss_gib']:.2f}), RSS after "
               f"{row['rss_gib']:.2f} GiB, weights {row['weights_gib']:.2f} GiB ({folder.name}/pytorch_model.bin, "
               f"{size:.2f} GB)", flush=True)
     return rows
@@ -139,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="1,2", help="comma-separated batch sizes")
     parser.add_argument("--load", action="store_true", help="also time load_llm on an XL RankGen .bin")
     parser.add_argument("--load-only", action="store_true", help="only the load_llm measurement")
+    parser.add_argument("--load-dtypes", default="fp32,bf16,fp16", help="--load: comma-separated dtypes")
+    parser.add_argument("--load-size", default="xl", choices=sorted(SIZES), help="--load: which random encoder")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -175,7 +183,7 @@ def main(argv=None) -> int:
             del llm, model
         tmp_dir.cleanup()
     if args.load or args.load_only:
-        result["load"] = bench_load()
+        result["load"] = bench_load(tuple(args.load_dtypes.split(",")), size=args.load_size, device=args.device)
     result["loadavg_after"] = common.loadavg()
     common.write_json(args.json, result)
     return 0

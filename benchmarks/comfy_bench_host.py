@@ -63,6 +63,7 @@ class PromptRun:
     seconds: float
     peak_rss_gib: float
     rss_before_gib: float
+    peak_vram_gib: float | None = None      # torch.cuda peak allocated during the prompt (GPU runs)
 
     def phase_seconds(self) -> dict[str, float]:
         out = {phase: 0.0 for phase in (*PHASES, "other")}
@@ -82,6 +83,7 @@ class PromptRun:
 
     def as_dict(self) -> dict:
         return {"seconds": self.seconds, "peak_rss_gib": self.peak_rss_gib, "rss_before_gib": self.rss_before_gib,
+                "peak_vram_gib": self.peak_vram_gib,
                 "phases": self.phase_seconds(), "phase_peak_rss_gib": self.phase_peak_rss(), "cached": self.cached,
                 "nodes": [vars(n) for n in self.nodes], "unet_calls": self.unet_calls}
 
@@ -186,6 +188,7 @@ class BenchHost:
 
         start = time.perf_counter()
         self.base = ComfyBase(base_dir)
+        self.gpu = gpu
         comfy_env.prepare(self.base.root)
         from comfy.cli_args import args
 
@@ -243,6 +246,9 @@ class BenchHost:
         if not ok:
             raise RuntimeError(f"ComfyUI refused the prompt: {error} {node_errors}")
         UNET_CALLS.clear()
+        cuda = self._cuda()
+        if cuda is not None:
+            cuda.reset_peak_memory_stats()
         self.clock.begin(prompt)
         rss_before = common.rss_gib()
         start = time.perf_counter()
@@ -255,7 +261,13 @@ class BenchHost:
                                    + "".join(data.get("traceback") or []))
         peak = max(self.clock.peak, common.peak_rss_gib())
         self.max_peak_rss_gib = max(self.max_peak_rss_gib, peak)
-        return PromptRun(list(self.clock.runs), list(self.clock.cached), list(UNET_CALLS), took, peak, rss_before)
+        vram = cuda.max_memory_allocated() / 2**30 if cuda is not None else None
+        return PromptRun(list(self.clock.runs), list(self.clock.cached), list(UNET_CALLS), took, peak, rss_before, vram)
+
+    def _cuda(self):
+        import torch
+
+        return torch.cuda if self.gpu and torch.cuda.is_available() else None
 
     def output(self, node_id: str):
         """A node's Python outputs from the executor's cache (e.g. the LoadedLLM of Load LLM)."""

@@ -92,9 +92,12 @@ def run_e2e(host, names: dict, args) -> dict:
     cold = host.run(prompt)
     result["cold"] = cold.as_dict()
     _print_run(f"{args.graph} cold", cold)
-    again = host.run(graph(args.graph, names, size=size, steps=steps, seed=2, llm_dtype=args.llm_dtype))
+    # The same prompts again, in the same session: ComfyUI serves the unchanged loaders and
+    # encodes from its cache. Only the encodes matter here, so the latent is the smallest and
+    # sampling one step (a full-size rerun would only repeat the sample and decode figures).
+    again = host.run(graph(args.graph, names, size=64, steps=1, seed=2, llm_dtype=args.llm_dtype))
     result["again_new_seed"] = again.as_dict()
-    _print_run(f"{args.graph} same prompt, new seed", again)
+    _print_run(f"{args.graph} same prompt again (64x64, 1 step)", again)
     if args.graph == "llm4gen":
         result["encode_vs_bare"] = encode_vs_bare(host, names, args)
     return result

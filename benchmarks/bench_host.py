@@ -98,29 +98,26 @@ def run_e2e(host, names: dict, args) -> dict:
     again = host.run(graph(args.graph, names, size=64, steps=1, seed=2, llm_dtype=args.llm_dtype))
     result["again_new_seed"] = again.as_dict()
     _print_run(f"{args.graph} same prompt again (64x64, 1 step)", again)
-    if args.graph == "llm4gen":
+    if args.graph == "llm4gen" and args.encode_repeats > 0:
         result["encode_vs_bare"] = encode_vs_bare(host, names, args)
     return result
 
 
 def encode_vs_bare(host, names: dict, args) -> dict:
     """LLM Encode as ComfyUI runs it (node time, new text each time so it is not cached) vs the
-    bare transformers forward on the same model and the same ids, interleaved."""
+    bare transformers forward on the same model and the same ids, interleaved, the order
+    alternating (node first, then bare first). Inside the node, ``llm.encode`` and its forward
+    are timed too, so what the node adds around the forward is known from the same calls,
+    whatever load other processes put on the machine."""
     import torch
 
     import llm4gen_graphs as lg
 
-    node_times, bare_times = [], []
+    node_times, bare_times, inside_node = [], [], []
     loaded = None
-    for i in range(args.encode_repeats + 1):
-        text = f"{PROMPT} Variation {i}."
-        # The cheapest graph around the encode: 64x64 pixels, one step (its UNet call is tiny).
-        run = host.run(graph("llm4gen", names, size=64, steps=1, seed=1, text=text, llm_dtype=args.llm_dtype))
-        encodes = [n for n in run.nodes if n.class_type == "LLM4GENLLMEncode"]
-        if len(encodes) != 1:  # the negative "" is unchanged: served from the cache
-            raise RuntimeError(f"expected one LLM Encode to run, got {len(encodes)}")
-        if loaded is None:
-            loaded = host.output(lg.LOAD_LLM)[0]
+    timing: dict = {}
+
+    def bare(text):
         llm = loaded.llm
         ids, mask, _, _ = llm.tokenize([text], 256)
         ids, mask = ids.to(llm.device), mask.to(llm.device)
@@ -129,17 +126,67 @@ def encode_vs_bare(host, names: dict, args) -> dict:
         with torch.no_grad():
             llm.model(input_ids=ids, attention_mask=mask).last_hidden_state
         common.sync(llm.device)
-        if i == 0:
+        return time.perf_counter() - start
+
+    for i in range(args.encode_repeats + 1):
+        text = f"{PROMPT} Variation {i}."
+        bare_first = loaded is not None and i % 2 == 0
+        t_bare = bare(text) if bare_first else None
+        timing.clear()
+        # The cheapest graph around the encode: 64x64 pixels, one step (its UNet call is tiny).
+        run = host.run(graph("llm4gen", names, size=64, steps=1, seed=1, text=text, llm_dtype=args.llm_dtype))
+        encodes = [n for n in run.nodes if n.class_type == "LLM4GENLLMEncode"]
+        if loaded is not None and len(encodes) != 1:  # the negative "" is unchanged: served from the cache
+            raise RuntimeError(f"expected one LLM Encode to run, got {len(encodes)}")
+        if loaded is None:
+            loaded = host.output(lg.LOAD_LLM)[0]
+            _time_inside(loaded.llm, timing)
+            bare(text)
             continue  # warm-up of both
+        if not bare_first:
+            t_bare = bare(text)
         node_times.append(encodes[0].seconds)
-        bare_times.append(time.perf_counter() - start)
-    node, bare = common.fastest_median(node_times), common.fastest_median(bare_times)
-    out = {"node_fastest": node[0], "node_median": node[1], "bare_fastest": bare[0], "bare_median": bare[1],
-           "ratio_fastest": node[0] / bare[0], "ratio_median": node[1] / bare[1], "repeats": len(node_times),
-           "llm": repr(loaded.llm)}
-    print(f"LLM Encode node vs bare forward ({out['repeats']} interleaved): fastest {node[0]:.3f} / {bare[0]:.3f} s "
-          f"= {out['ratio_fastest']:.3f}x, median {node[1]:.3f} / {bare[1]:.3f} s = {out['ratio_median']:.3f}x", flush=True)
+        bare_times.append(t_bare)
+        inside_node.append(dict(timing))
+    node, bare_t = common.fastest_median(node_times), common.fastest_median(bare_times)
+    around = [n - t["forward"] for n, t in zip(node_times, inside_node)]
+    comfy_part = [n - t["encode"] for n, t in zip(node_times, inside_node)]
+    forward = common.fastest_median([t["forward"] for t in inside_node])
+    out = {"node_fastest": node[0], "node_median": node[1], "bare_fastest": bare_t[0], "bare_median": bare_t[1],
+           "ratio_fastest": node[0] / bare_t[0], "ratio_median": node[1] / bare_t[1], "repeats": len(node_times),
+           "node_forward_fastest": forward[0], "node_forward_median": forward[1],
+           "around_forward_median": statistics.median(around), "comfy_around_encode_median": statistics.median(comfy_part),
+           "node_times": node_times, "bare_times": bare_times, "inside_node": inside_node,
+           "ratio_same_call": (forward[1] + statistics.median(around)) / forward[1], "llm": repr(loaded.llm)}
+    print(f"LLM Encode node vs bare forward ({out['repeats']} interleaved, order alternating): fastest {node[0]:.3f} / "
+          f"{bare_t[0]:.3f} s = {out['ratio_fastest']:.3f}x, median {node[1]:.3f} / {bare_t[1]:.3f} s = "
+          f"{out['ratio_median']:.3f}x; inside the node: forward median {forward[1]:.3f} s, node time around it "
+          f"{out['around_forward_median'] * 1e3:.1f} ms (ComfyUI's part around llm.encode "
+          f"{out['comfy_around_encode_median'] * 1e3:.1f} ms) = {out['ratio_same_call']:.4f}x", flush=True)
     return out
+
+
+def _time_inside(llm, timing: dict) -> None:
+    """Time ``llm.encode`` and its forward on this LLM object (instance attributes; the class
+    is untouched)."""
+    encode, forward = llm.encode, llm._forward
+
+    def timed_encode(*a, **k):
+        start = time.perf_counter()
+        try:
+            return encode(*a, **k)
+        finally:
+            timing["encode"] = time.perf_counter() - start
+
+    def timed_forward(*a, **k):
+        common.sync(llm.device)
+        start = time.perf_counter()
+        out = forward(*a, **k)
+        common.sync(llm.device)
+        timing["forward"] = timing.get("forward", 0.0) + time.perf_counter() - start
+        return out
+
+    llm.encode, llm._forward = timed_encode, timed_forward
 
 
 def _print_run(label: str, run) -> None:
@@ -262,13 +309,15 @@ def loaded_models_short() -> list[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["e2e", "steps", "memory", "all"],
+    parser.add_argument("mode", choices=["e2e", "steps", "memory", "encode", "all"],
                         help="all: e2e stock, e2e llm4gen, steps and memory in one process (for --quick smoke runs)")
     parser.add_argument("--graph", choices=["stock", "llm4gen"], default="llm4gen", help="e2e: which graph")
     parser.add_argument("--attention", choices=sorted(ATTENTION_ARGS), default="default",
                         help="ComfyUI's attention option: default (its choice: sub-quadratic on CPU), pytorch "
                              "(--use-pytorch-cross-attention), split, quad")
     parser.add_argument("--quick", action="store_true", help="small checkpoint, small LLM, 1-2 steps (a smoke run)")
+    parser.add_argument("--small-checkpoint", action="store_true",
+                        help="the small random SD1.5 (encode mode: only the LLM's size matters there)")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default 512; quick 64)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps per run (default e2e 4, steps 3)")
     parser.add_argument("--rounds", type=int, default=None, help="steps: alternating rounds (default 3; quick 1)")
@@ -289,7 +338,7 @@ def main(argv=None) -> int:
     args.size = args.size or (64 if quick else 512)
     args.steps = args.steps or (2 if quick else (3 if args.mode == "steps" else 4))
     args.rounds = args.rounds or (1 if quick else 3)
-    args.encode_repeats = args.encode_repeats or (2 if quick else 4)
+    args.encode_repeats = (2 if quick else 4) if args.encode_repeats is None else args.encode_repeats
     args.llm = args.llm or ("small" if quick else ("xl-1layer" if args.mode == "steps" else "xl"))
     # steps alternates two graphs: an LRU cache keeps both graphs' loaders and encodes.
     args.cache = args.cache or ("lru" if args.mode in ("steps", "all") else "classic")
@@ -305,7 +354,7 @@ def main(argv=None) -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="llm4gen-bench-")
     host = BenchHost(Path(tmp.name) / "base", gpu=args.gpu, cache=args.cache, cache_arg=args.cache_arg, comfy_args=comfy_args)
-    names = _models(host, quick, args.llm, Path(tmp.name))
+    names = _models(host, quick or args.small_checkpoint, args.llm, Path(tmp.name))
     facts = host.facts()
     print(f"ComfyUI in-process: {facts} | checkpoint {names['checkpoint']} | LLM {args.llm} | "
           f"{args.size}x{args.size}", flush=True)
@@ -319,7 +368,8 @@ def main(argv=None) -> int:
             print(f"--- {key} ---", flush=True)
             result[key] = mode(host, names, sub)
     else:
-        runner = {"e2e": run_e2e, "steps": run_steps, "memory": run_memory}[args.mode]
+        runner = {"e2e": run_e2e, "steps": run_steps, "memory": run_memory,
+                  "encode": lambda h, n, a: {"encode_vs_bare": encode_vs_bare(h, n, a)}}[args.mode]
         result.update(runner(host, names, args))
     result["process_peak_rss_gib"] = host.max_peak_rss_gib
     result["loadavg_after"] = common.loadavg()

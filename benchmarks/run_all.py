@@ -39,13 +39,13 @@ def plan(quick: bool, gpu: bool) -> list[tuple[str, str, list[str]]]:
         ("load", "bench_llm.py", ["--load-only", "--load-size", "xl", *dev]),
         ("e2e_stock", "bench_host.py", ["e2e", "--graph", "stock", "--steps", "3", *host]),
         ("e2e_llm4gen", "bench_host.py", ["e2e", "--graph", "llm4gen", "--steps", "3", "--encode-repeats", "0", *host]),
-        ("steps", "bench_host.py", ["steps", "--rounds", "2", "--steps", "1", *host]),
+        ("steps", "bench_host.py", ["steps", "--rounds", "4", "--steps", "1", *host]),
         # Memory: what is held per node; the latent size does not change what is held.
         ("memory", "bench_host.py", ["memory", "--steps", "1", "--size", "256", *host]),
         ("memory_nocache", "bench_host.py", ["memory", "--steps", "1", "--size", "256", "--cache", "none", *host]),
         # LLM Encode in ComfyUI vs the bare forward: only the LLM's size matters, so the small SD1.5.
         ("encode_xl", "bench_host.py", ["encode", "--small-checkpoint", "--llm", "xl", "--encode-repeats", "4", *host]),
-        ("steps_pytorch", "bench_host.py", ["steps", "--attention", "pytorch", "--rounds", "2", "--steps", "1", *host]),
+        ("steps_pytorch", "bench_host.py", ["steps", "--attention", "pytorch", "--rounds", "4", "--steps", "1", *host]),
     ]
 
 

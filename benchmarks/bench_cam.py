@@ -11,33 +11,17 @@ else, and sampling makes one call per step. Random weights.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common
+
+common.add_paths()
 from llm4gen_core import CrossAdapter, CrossAdapterConfig  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def timed(fn, device, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs, after a warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 class CrossAttentionLayer(torch.nn.Module):
@@ -64,25 +48,30 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     torch.manual_seed(0)
     cam = CrossAdapter(CrossAdapterConfig()).eval().to(device, dtype)
     attn = CrossAttentionLayer().eval().to(device, dtype)
     print(f"CAM vs one SD1.5 cross-attention layer | device {device} | {args.dtype} | "
-          f"torch {torch.__version__} | {torch.get_num_threads()} threads | median of {args.repeats}")
+          f"torch {torch.__version__} | {torch.get_num_threads()} threads | median of {args.repeats}, interleaved")
     print(f"{'batch':>5} {'CAM fuse (ms)':>14} {'x-attn layer, 333 ctx (ms)':>27} {'CAM / layer':>12}")
+    rows = []
     with torch.inference_mode():
         for batch in (1, 2, 4):
             clip = torch.randn(batch, 77, 768, device=device, dtype=dtype)
             llm = torch.randn(batch, 256, 2048, device=device, dtype=dtype)
             latent = torch.randn(batch, 64 * 64, 320, device=device, dtype=dtype)
             context = cam(clip, llm)
-            t_cam = timed(lambda: cam(clip, llm), device, args.repeats)
-            t_attn = timed(lambda: attn(latent, context), device, args.repeats)
+            times = common.interleaved({"cam": lambda: cam(clip, llm), "attn": lambda: attn(latent, context)},
+                                       args.repeats, device)
+            t_cam, t_attn = common.fastest_median(times["cam"])[1], common.fastest_median(times["attn"])[1]
             print(f"{batch:>5} {t_cam * 1e3:>14.2f} {t_attn * 1e3:>27.2f} {t_cam / t_attn:>12.2f}")
+            rows.append({"batch": batch, "cam_median": t_cam, "xattn_layer_median": t_attn})
     print("The CAM runs once per prompt; each UNet call runs 5 layers like this one at 64x64 "
           "(16 cross-attention layers in all), once per sampling step.")
+    common.write_json(args.json, {"machine": common.machine(), "device": str(device), "dtype": args.dtype, "rows": rows})
     return 0
 
 

@@ -1,0 +1,196 @@
+"""Every LLM4GEN benchmark, each heavy one in its own fresh process, and one summary table.
+
+    .venv/bin/python benchmarks/run_all.py            # the full run (~20 min on 2 CPU cores)
+    .venv/bin/python benchmarks/run_all.py --quick    # small models, a smoke run (< 1 min)
+    .venv/bin/python benchmarks/run_all.py --gpu      # on a CUDA machine: GPU, peak VRAM too
+
+Progress and the children's logs go to stderr and to ``<out>/log.txt``; the table goes to
+stdout and ``<out>/table.md``; every child's figures to ``<out>/*.json``. ``<out>`` defaults to
+``~/.cache/comfyui-llm4gen/bench-results/<time>`` (outside the repository). Ratios compare two
+calls timed interleaved in one process; end-to-end phases compare two fresh processes and are
+reported, not judged. Benchmarks print figures; they assert nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import common
+
+HEADER = ["measurement", "LLM4GEN", "reference", "ratio", "goal", "met?"]
+
+
+def plan(quick: bool, gpu: bool) -> list[tuple[str, str, list[str]]]:
+    """(key, script, args) of each child process, in the order they run."""
+    dev = ["--device", "cuda"] if gpu else []
+    host = ["--gpu"] if gpu else []
+    if quick:
+        return [
+            ("llm", "bench_llm.py", ["--sizes", "small", "--batches", "1", "--repeats", "3", "--load", "--load-size",
+                                     "small", "--load-dtypes", "fp32", *dev]),
+            ("host_all", "bench_host.py", ["all", "--quick", *host]),
+        ]
+    return [
+        ("llm", "bench_llm.py", ["--sizes", "small", "--batches", "1", "--repeats", "10", *dev]),
+        ("llm_xl", "bench_llm.py", ["--sizes", "xl", "--batches", "1", "--repeats", "4", *dev]),
+        ("load", "bench_llm.py", ["--load-only", "--load-size", "xl", *dev]),
+        ("e2e_stock", "bench_host.py", ["e2e", "--graph", "stock", "--steps", "3", *host]),
+        ("e2e_llm4gen", "bench_host.py", ["e2e", "--graph", "llm4gen", "--steps", "3", "--encode-repeats", "0", *host]),
+        ("steps", "bench_host.py", ["steps", "--rounds", "4", "--steps", "1", *host]),
+        # Memory: what is held per node; the latent size does not change what is held.
+        ("memory", "bench_host.py", ["memory", "--steps", "1", "--size", "256", *host]),
+        ("memory_nocache", "bench_host.py", ["memory", "--steps", "1", "--size", "256", "--cache", "none", *host]),
+        # LLM Encode in ComfyUI vs the bare forward: only the LLM's size matters, so the small SD1.5.
+        ("encode_xl", "bench_host.py", ["encode", "--small-checkpoint", "--llm", "xl", "--encode-repeats", "4", *host]),
+        ("steps_pytorch", "bench_host.py", ["steps", "--attention", "pytorch", "--rounds", "4", "--steps", "1", *host]),
+    ]
+
+
+def _met(ok: bool | None) -> str:
+    return "-" if ok is None else ("yes" if ok else "NO")
+
+
+def _ratio_row(label, a, b, goal, limit):
+    ratio = a / b if a is not None and b else None
+    return [label, common.fmt_s(a, 3), common.fmt_s(b, 3), common.fmt_x(ratio), goal,
+            _met(None if ratio is None else ratio <= limit)]
+
+
+def rows(results: dict, quick: bool) -> list[list[str]]:
+    host = results.get("host_all", {})
+    get = lambda key: results.get(key) or host.get(key)  # noqa: E731
+    out = []
+    # 1. llm.encode vs the bare transformers forward, same model, same ids, interleaved.
+    for key in ("llm", "llm_xl"):
+        for r in (results.get(key) or {}).get("rows", []):
+            out.append(_ratio_row(f"llm.encode vs bare T5 forward, {r['model']}, B={r['batch']}, 256 tok, "
+                                  f"{results[key]['dtype']} (fastest of {r['repeats']})",
+                                  r["encode_fastest"], r["bare_fastest"], "<= 1.05x", 1.05))
+    e2e_llm = get("e2e_llm4gen") or {}
+    enc = results.get("encode_xl") or e2e_llm
+    ev = enc.get("encode_vs_bare")
+    if ev:
+        name = enc.get("llm_size", "")
+        out.append(_ratio_row(f"LLM Encode node in ComfyUI vs bare forward, {name} LLM (median of {ev['repeats']}, "
+                              "alternating order)", ev["node_median"], ev["bare_median"], "<= 1.05x", 1.05))
+        if "ratio_same_call" in ev:
+            out.append([f"LLM Encode node: node time around its forward, same calls, {name} LLM",
+                        common.fmt_s(ev["node_forward_median"] + ev["around_forward_median"], 3),
+                        f"{common.fmt_s(ev['node_forward_median'], 3)} (its forward)", common.fmt_x(ev["ratio_same_call"]),
+                        "<= 1.05x", _met(ev["ratio_same_call"] <= 1.05)])
+    if e2e_llm:
+        cold = e2e_llm["cold"]["phases"]["encode"]
+        again = e2e_llm["again_new_seed"]["phases"]["encode"]
+        cached = [n for n in e2e_llm["again_new_seed"]["cached"] if n.startswith(("llm", "fuse"))]
+        out.append(["encode phase, same prompt again in one session", common.fmt_s(again, 3),
+                    f"{common.fmt_s(cold, 3)} (cold)", common.fmt_x(again / cold if cold else None),
+                    "~0 (cached)", _met(again < 0.01 * max(cold, 1e-9) or again < 0.005)
+                    + f" ({len(cached)} LLM4GEN nodes cached)"])
+    # 2. CAM fuse vs one UNet step; 3. UNet call with 333 vs 77 context tokens.
+    for key in ("steps", "steps_pytorch"):
+        st = get(key)
+        if not st:
+            continue
+        attention = st.get("facts", {}).get("attention") or (results.get("host_all") or {}).get("facts", {}).get("attention")
+        size = st["size"]
+        out.append([f"CAM fuse pos+neg (2 x B=1) vs one UNet step {size}x{size}, {attention}",
+                    common.fmt_s(2 * st["cam_median"], 3), common.fmt_s(st["stock_median"], 3),
+                    f"{st['cam_per_step'] * 100:.2f}%", "<= 5%", _met(st["cam_per_step"] <= 0.05)])
+        out.append([f"UNet call (KSampler step, B=2) 333 vs 77 ctx, {size}x{size}, {attention} "
+                    f"(median of {len(st['stock_calls'])})", common.fmt_s(st["llm4gen_median"], 3),
+                    common.fmt_s(st["stock_median"], 3), common.fmt_x(st["ratio_median"]), "<= 1.15x",
+                    _met(st["ratio_median"] <= 1.15)])
+    # 4. End to end, stock vs LLM4GEN, each cold in its own process (reported, not judged).
+    e2e_stock = get("e2e_stock") or {}
+    if e2e_stock and e2e_llm:
+        s, l = e2e_stock["cold"], e2e_llm["cold"]
+        what = f"{e2e_llm['size']}x{e2e_llm['size']}, {e2e_llm['steps']} steps"
+        for phase in ("load", "encode", "sample", "decode"):
+            a, b = l["phases"][phase], s["phases"][phase]
+            out.append([f"e2e cold {phase} ({what}; peak RSS in phase)",
+                        f"{common.fmt_s(a)} ({common.fmt_gib(l['phase_peak_rss_gib'].get(phase))})",
+                        f"{common.fmt_s(b)} ({common.fmt_gib(s['phase_peak_rss_gib'].get(phase))})",
+                        common.fmt_x(a / b if b else None), "report", "-"])
+        out.append([f"e2e cold total, peak RSS ({what})", f"{common.fmt_s(l['seconds'])}, {common.fmt_gib(l['peak_rss_gib'])}",
+                    f"{common.fmt_s(s['seconds'])}, {common.fmt_gib(s['peak_rss_gib'])}",
+                    common.fmt_x(l["seconds"] / s["seconds"]), "report", "-"])
+        if l.get("peak_vram_gib") is not None:
+            out.append(["e2e cold peak VRAM", common.fmt_gib(l["peak_vram_gib"]), common.fmt_gib(s["peak_vram_gib"]),
+                        "-", "report", "-"])
+    # 5. Memory: loading the encoder per dtype (fresh process each); offloading before sampling.
+    load = results.get("load") or results.get("llm") or {}
+    for dtype in ("fp32", "bf16", "fp16"):
+        r = next((x for x in load.get("load", []) if x["dtype"] == dtype), None)
+        name = "small" if quick else "XL"
+        if r is None:
+            out.append([f"load_llm {name} {dtype}: peak RSS", "not run (--quick)", "-", "-", "report", "-"])
+            continue
+        out.append([f"load_llm {name} {dtype}: peak RSS (anon), time", f"{common.fmt_gib(r['peak_rss_gib'])} "
+                    f"({r['peak_anon_rss_gib']:.2f}), {common.fmt_s(r['seconds'], 1)}",
+                    f"{common.fmt_gib(r['weights_gib'])} weights", f"{r['peak_rss_gib'] / r['weights_gib']:.2f}x",
+                    "report", "-"])
+    for key in ("memory", "memory_nocache"):
+        m = get(key)
+        if not m:
+            continue
+        fm = m.get("free_memory") or {}
+        out.append([f"LLM held during KSampler ({m['cache']} cache); RSS after last encode / sampler peak",
+                    f"{'yes' if m['llm_loaded_during_sampling'] else 'no'}; {common.fmt_gib(m['rss_after_encode_gib'])}"
+                    f" / {common.fmt_gib(m['ksampler_peak_rss_gib'])}",
+                    f"free_memory unloads {', '.join(fm.get('unloaded', [])) or '-'}", "-", "report", "-"])
+    gpu = any((r or {}).get("machine", {}).get("gpu") for r in results.values() if isinstance(r, dict))
+    if not gpu:
+        out.append(["GPU table (fp16/bf16, with/without offload)", "not run: no GPU on this machine", "-", "-", "report", "-"])
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small models, a smoke run; not a measurement")
+    parser.add_argument("--gpu", action="store_true", help="run on CUDA (ComfyUI without --cpu)")
+    parser.add_argument("--out", default=None, help="folder for logs and JSON (default under ~/.cache)")
+    parser.add_argument("--reuse", action="store_true", help="keep results already in --out (resume a run)")
+    parser.add_argument("--only", default=None, help="comma-separated keys of the plan to run (see plan())")
+    args = parser.parse_args(argv)
+    from synthetic.sd15 import models_dir
+
+    out = Path(args.out) if args.out else models_dir().parent / "bench-results" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = plan(args.quick, args.gpu)
+    if args.only:
+        wanted = set(args.only.split(","))
+        steps = [s for s in steps if s[0] in wanted]
+    load_before = common.loadavg()
+    results, start = {}, time.perf_counter()
+    with open(out / "log.txt", "a" if args.reuse else "w") as log:
+        for key, script, child_args in steps:
+            began = time.perf_counter()
+            if args.reuse and (out / f"{key}.json").is_file():
+                results[key] = __import__("json").loads((out / f"{key}.json").read_text())
+                print(f"[run_all] {key}: reused {out / f'{key}.json'}", file=sys.stderr, flush=True)
+                continue
+            print(f"[run_all] {key}: {script} {' '.join(child_args)} ...", file=sys.stderr, flush=True)
+            log.flush()
+            results[key] = common.run_child(script, child_args, out / f"{key}.json", log=log)
+            print(f"[run_all] {key} done in {time.perf_counter() - began:.0f} s, load {common.loadavg()}",
+                  file=sys.stderr, flush=True)
+    machine = common.machine()
+    table = common.markdown_table(HEADER, rows(results, args.quick))
+    head = (f"LLM4GEN benchmarks{' (--quick: small models, a smoke run, not a measurement)' if args.quick else ''} | "
+            f"{machine['date_utc']} | {machine['cpu']} | {machine['cores']} cores | {machine['ram_gib']} GiB | "
+            f"GPU {machine['gpu'] or 'none'} | torch {machine['torch']} | transformers {machine['transformers']} | "
+            f"ComfyUI {machine['comfyui']} | commit {machine['commit']} | load avg {load_before} -> {common.loadavg()} | "
+            f"{time.perf_counter() - start:.0f} s")
+    text = head + "\n\n" + table + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    print(f"(logs and JSON: {out})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    common.add_paths()
+    sys.exit(main())

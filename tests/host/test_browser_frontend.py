@@ -108,8 +108,27 @@ def assert_graph_is_whole(browser, name: str, host) -> None:
     assert dialogs == [], f"a dialog is open after loading {name}: {dialogs}"
 
 
+UNBLOCKED_JS = """
+const masks = Array.from(document.querySelectorAll('.p-blockui-mask'));
+if (masks.every((m) => m.classList.contains('p-overlay-mask-leave'))) {
+  masks.forEach((m) => m.remove());  // unblocked already; only its fade-out transition is pending
+  return true;
+}
+return false;
+"""
+
+
+def wait_until_unblocked(browser) -> None:
+    """The frontend covers the page with a BlockUI mask while it loads a workflow. Once it
+    unblocks, the mask fades out; under load in headless Chromium that transition has been seen
+    to never finish (the mask stays in its leave state and swallows every click). Wait for the
+    unblock itself, then drop a mask that is only left over from its fade-out."""
+    browser.wait_for(UNBLOCKED_JS, timeout=60, what="the page to unblock")
+
+
 def open_from_template_browser(browser, name: str) -> None:
     browser.run("app.graph.clear(); return true")
+    wait_until_unblocked(browser)
     (button,) = browser.find('button[aria-label="Templates"]')
     browser.click(button)
     browser.wait_for("return Array.from(document.querySelectorAll('[role=dialog] span'))"
@@ -153,6 +172,7 @@ def test_open_from_the_template_browser_run_and_see_the_image(browser, host, nam
 
     browser.run(OVERRIDE_JS, SIZE, STEPS, BROWSER_SEED)  # small and quick for CI, as a user would type
     history_before = set(host.server.request("GET", "/history")[1])
+    wait_until_unblocked(browser)
     (run_button,) = browser.find('button[aria-label="Run"]')
     browser.click(run_button)
     start = time.monotonic()

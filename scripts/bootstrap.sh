@@ -23,7 +23,7 @@ quiet_pip() {
 }
 
 stamp_inputs() {
-  cat "$ROOT/requirements.txt" "$ROOT/tests/requirements.txt" "$ROOT/tests/constraints.txt" \
+  cat "$ROOT/requirements.txt" "$ROOT/requirements-train.txt" "$ROOT/tests/requirements.txt" "$ROOT/tests/constraints.txt" \
       "$ROOT/scripts/bootstrap.sh" "$ROOT/scripts/torchvision_shim.py"
 }
 want="$(stamp_inputs | sha256sum | cut -d' ' -f1)"

@@ -106,11 +106,15 @@ def load_cross_adapter(path, heads: int | None = None, dtype: torch.dtype | None
     return adapter.eval().requires_grad_(False)
 
 
-def save_cross_adapter(state: dict[str, torch.Tensor], path, cfg: CrossAdapterConfig, source: str = "") -> None:
-    """Write a CAM state dict as safetensors, with the head count and dims as metadata."""
+def save_cross_adapter(state: dict[str, torch.Tensor], path, cfg: CrossAdapterConfig, source: str = "",
+                       recipe=None) -> None:
+    """Write a CAM state dict as safetensors, with the head count and dims (and the LLM recipe it
+    was trained with, when given) as metadata."""
     from safetensors.torch import save_file
 
     metadata = {"format": "pt", **{META_PREFIX + k: str(v) for k, v in vars(cfg).items()}}
     if source:
         metadata[META_PREFIX + "source"] = Path(source).name
+    if recipe is not None:
+        metadata.update(recipe.to_metadata())
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=metadata)

@@ -63,13 +63,16 @@ def train(cfg: TrainConfig) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    # cpu=True where there is no accelerator: then several processes (accelerate launch --multi_gpu, torchrun)
+    # run DDP over gloo; accelerate's own --cpu flag starts only one process.
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.accelerator.is_available())
     _check_precision(cfg, accelerator.device)
     main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise LLM4GENError("DeepSpeed is not supported by this trainer's checkpoints yet; use DDP (multi_gpu.yaml)")
     device, weight_dtype = accelerator.device, PRECISION_DTYPES[cfg.mixed_precision]
+    torch.manual_seed(cfg.seed)  # fresh weights (CAM, LoRA) start the same in every process and run
     output = cfg.output
     output.mkdir(parents=True, exist_ok=True)
 

@@ -85,10 +85,11 @@ def batches(dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, see
     for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("rank", rank, 0),
                              ("start_batch", start_batch, 0), ("num_workers", num_workers, 0), ("seed", seed, None)):
         if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-            raise DataError(f"{name} must be an integer{f' of at least {low}' if low is not None else ''}, got {value!r}")
+            least = f" of at least {low}" if low is not None else ""
+            raise DataError(f"{name} must be an integer{least}, got {value!r}")
     if rank >= world_size:
         raise DataError(f"rank must be below world_size ({world_size}), got {rank}")
-    maker = BatchMaker(dataset.stream(rank=rank, world_size=world_size, seed=seed), batch_size, rank=rank)
+    maker = BatchMaker(dataset.stream(rank=rank, world_size=world_size, seed=seed), batch_size)
     if num_workers == 0:
         return _in_process(maker, start_batch)
     return _in_workers(maker, start_batch, num_workers)
@@ -97,8 +98,8 @@ def batches(dataset, batch_size: int, *, rank: int = 0, world_size: int = 1, see
 class BatchMaker:
     """Builds batch number ``j`` of one rank's sequence; see the module docstring for the rule."""
 
-    def __init__(self, stream, batch_size: int, *, rank: int = 0):
-        self.stream, self.batch_size, self.rank = stream, batch_size, rank
+    def __init__(self, stream, batch_size: int):
+        self.stream, self.batch_size = stream, batch_size
         self._loaded: dict[int, Example | Skipped] = {}   # slots already loaded (this batch's lookahead)
 
     def batch(self, number: int) -> Batch:
@@ -143,7 +144,7 @@ class BatchMaker:
         reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(skipped.values()).most_common())
         first_bad = next(iter(skipped.items()))
         raise DataError(
-            f"no usable sample: all {slot - start + 1} samples of epoch {epoch} (process {self.rank}) are bad "
+            f"no usable sample: all {slot - start + 1} samples of epoch {epoch} (process {self.stream.rank}) are bad "
             f"({reasons}; first: {first_bad[0]}: {first_bad[1]}); check the data folder / shards"
         )
 

@@ -124,7 +124,9 @@ class FolderDataset:
             )
         self.records, self.index_skips = read_metadata(self.root)
         if not self.records:
-            found = f" ({len(self.index_skips)} lines left out, first: {self.index_skips[0]})" if self.index_skips else ""
+            found = ""
+            if self.index_skips:
+                found = f" ({len(self.index_skips)} lines left out, first: {self.index_skips[0]})"
             raise DataError(f"{self.root / METADATA}: no usable line{found}; check the file names and captions")
 
     def __len__(self) -> int:

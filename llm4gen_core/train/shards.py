@@ -16,6 +16,11 @@ processes, each process (rank) reads whole shards (every ``world_size``-th of th
 order); with fewer, every process reads every shard and takes the samples whose index in the
 epoch is its rank modulo ``world_size``. Samples keep their order inside a shard (no shuffle
 buffer: web-scale shards are written already shuffled).
+
+Data-loader workers do not divide the shards among themselves: that would make the sequence
+depend on their number. Each worker builds whole batches of its rank's one sequence (see
+:mod:`.data`), so each reads the headers of all its rank's shards, and the data of its own
+batches only.
 """
 from __future__ import annotations
 
@@ -268,7 +273,8 @@ class ShardStream:
         ordinal = first + (slot - before) * (1 if self.by_shard else self.world_size)
         groups = self._index(number).groups
         if ordinal >= len(groups):   # indexed again after eviction, and the file has changed since
-            return Skipped(f"{self.dataset.names[number]}:#{ordinal}", UNREADABLE_SHARD, "the shard changed during the run")
+            key = f"{self.dataset.names[number]}:#{ordinal}"
+            return Skipped(key, UNREADABLE_SHARD, "the shard changed during the run")
         return self._load_group(number, groups[ordinal], plan.epoch)
 
     def _index(self, number: int) -> ShardIndex:

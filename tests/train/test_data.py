@@ -183,6 +183,7 @@ def test_skip_tally_counts_keys_once_and_merges_across_ranks():
     assert tally.seen == 4 and len(tally.bad) == 2
     tally.check()                                                 # half bad, not more than half
     tally.add_skipped([("metadata.jsonl:3", "malformed metadata line")])
+    tally.add_skipped([("metadata.jsonl:3", "malformed metadata line")])   # the same line, reported twice
     assert tally.seen == 5 and len(tally.bad) == 3
     tally.check()                                                 # 3 of 5, but fewer than 8 seen: no verdict
     other = SkipTally.from_dict({"seen": 10, "bad": {"b.png": "unreadable image", "c.png": "too small"}})

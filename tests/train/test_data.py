@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from conftest import (RESOLUTION, add_lines, bad_files, encode, noise_image, png_declaring, shard_sample,
+from synthetic.train_images import (RESOLUTION, add_lines, bad_files, encode, noise_image, png_declaring, shard_sample,
                       write_folder, write_shard)
 from llm4gen_core.errors import DataError
 from llm4gen_core.train import folder as folder_module

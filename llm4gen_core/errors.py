@@ -26,3 +26,7 @@ class FeatureMismatchError(LLM4GENError):
 
 class LLMLoadError(LLM4GENError):
     """An LLM folder or file cannot be loaded as a text encoder."""
+
+
+class DataError(LLM4GENError):
+    """Training data cannot be used: a data folder or shard set that is missing, empty or mostly bad."""

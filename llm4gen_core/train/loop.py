@@ -102,7 +102,7 @@ def train(cfg: TrainConfig) -> Path:
     ema = EMA(trainable, cfg.ema_decay) if cfg.ema else None
 
     # --- resume --------------------------------------------------------------------------------
-    step, micro_step, seen, tally = 0, 0, 0, data_module.SkipTally()
+    step, micro_step, tally = 0, 0, data_module.SkipTally()
     if cfg.resume:
         checkpoint = state.find_checkpoint(output, cfg.resume)
         trainer_state, weights, optimizer_state, ema_state = state.load(checkpoint)
@@ -111,8 +111,9 @@ def train(cfg: TrainConfig) -> Path:
         lr_schedule.load_state_dict(optimizer_state["lr_schedule"])
         if ema is not None:
             ema.load(ema_state, trainer_state["step"])
-        step, micro_step, seen = trainer_state["step"], trainer_state["micro_step"], trainer_state["seen"]
-        tally = data_module.SkipTally.from_dict(trainer_state["skipped"])
+        step, micro_step = trainer_state["step"], trainer_state["micro_step"]
+        if main:  # the checkpoint holds every process's tally merged: one copy is enough
+            tally = data_module.SkipTally.from_dict(trainer_state["skipped"])
         if trainer_state.get("world_size") != accelerator.num_processes:
             log.warning("resuming with %d processes, checkpoint had %s: the data order changes",
                         accelerator.num_processes, trainer_state.get("world_size"))
@@ -127,8 +128,8 @@ def train(cfg: TrainConfig) -> Path:
     # --- data ----------------------------------------------------------------------------------
     dataset = data_module.open_dataset(cfg.data, cfg.resolution, center_crop=cfg.center_crop,
                                        random_flip=cfg.random_flip)
-    for where, reason in getattr(dataset, "index_skips", []):
-        tally.add(where, reason)
+    if main and not cfg.resume:
+        tally.add_skipped(getattr(dataset, "index_skips", []))
     batches = data_module.batches(dataset, cfg.batch_size, rank=accelerator.process_index,
                                   world_size=accelerator.num_processes, seed=cfg.seed, start_batch=micro_step,
                                   num_workers=cfg.num_workers)
@@ -143,11 +144,9 @@ def train(cfg: TrainConfig) -> Path:
         losses, entity_losses, keys = [], [], []
         for accum_index in range(cfg.grad_accum):
             batch = next(batches)
-            for key, reason in batch.skipped:
-                tally.add(key, reason)
-            seen += len(batch.keys) + len(batch.skipped)
+            tally.add(batch)
+            tally.check()
             keys += batch.keys
-            tally.check(seen)
             g = step_generator(cfg.seed, accelerator.process_index, micro_step)
             micro_step += 1
             inputs = _micro_batch(batch, g, base, text, cache, cfg, device, weight_dtype)
@@ -193,7 +192,7 @@ def train(cfg: TrainConfig) -> Path:
             tally_all = _gather_tally(accelerator, tally)
             if main:
                 _save_checkpoint(cfg, accelerator.unwrap_model(denoiser), trainable, optimizer, lr_schedule, ema,
-                                 step, micro_step, seen, tally_all, accelerator.num_processes, recipe)
+                                 step, micro_step, tally_all, accelerator.num_processes, recipe)
             accelerator.wait_for_everyone()
     progress.close()
 
@@ -344,9 +343,8 @@ def _gather_tally(accelerator, tally):
     return merged
 
 
-def _save_checkpoint(cfg, denoiser, trainable, optimizer, lr_schedule, ema, step, micro_step, seen, tally, world,
-                     recipe):
-    trainer_state = {"step": step, "micro_step": micro_step, "seen": seen, "world_size": world,
+def _save_checkpoint(cfg, denoiser, trainable, optimizer, lr_schedule, ema, step, micro_step, tally, world, recipe):
+    trainer_state = {"step": step, "micro_step": micro_step, "world_size": world,
                      "skipped": tally.to_dict(),
                      "config": cfg.to_json(), "recipe": recipe.to_metadata()}
     state.save(cfg.output, step, {n: p for n, p in trainable.items()},

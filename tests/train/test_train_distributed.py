@@ -1,4 +1,6 @@
-"""The distributed path for real: `accelerate launch --cpu --num_processes 2` (DDP over gloo)."""
+"""The distributed path for real: two processes from `accelerate launch --num_processes 2`, DDP over gloo
+on this CPU-only machine. (accelerate 1.x's `--cpu` flag would start one process only; without a GPU
+the trainer runs each launched process on the CPU by itself.)"""
 from __future__ import annotations
 
 import json
@@ -22,8 +24,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_two_processes_train_on_different_samples_and_write_once(tiny, tmp_path):
     out = tmp_path / "ddp"
     args = train_args(tiny, out, "--log-samples", "--checkpoint-every", "2", "--lr", "1e-3", steps=4, mode="cam+unet")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "-m", "llm4gen_core.train", *args]
     done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

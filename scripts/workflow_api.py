@@ -13,8 +13,10 @@ frontend, so this module does the same, following the frontend's rules (ComfyUI 
   are sockets.
 - Frontend-only nodes are not sent: notes (``Note``, ``MarkdownNote``), ``Reroute`` (links are
   followed through it), the legacy ``PrimitiveNode`` (the widget it feeds keeps its value).
-- Muted nodes (mode 2) are left out, with any input fed by them; bypassed nodes (mode 4) pass
-  each input straight through to the first output of the same type.
+- Muted nodes (mode 2) are left out, with any input fed by them. A bypassed node (mode 4) hands
+  on what feeds one of its inputs: for output slot i, input slot i when its type fits, else the
+  first input of the type wanted, else the first input whose type fits (the frontend's
+  ``ExecutableNodeDTO.resolveOutput``). "Fits" is LiteGraph's ``isValidConnection``.
 """
 from __future__ import annotations
 
@@ -135,9 +137,10 @@ class _Graph:
                         link["target_slot"], link.get("type")]
             self.links[link[0]] = tuple(link[1:6])
 
-    def source(self, link_id, seen=()) -> tuple | None:
+    def source(self, link_id, wanted=None, seen=()) -> tuple | None:
         """(node id, output slot) that really feeds this link after following reroutes and
-        bypassed nodes; ("value", node) for a legacy PrimitiveNode; None if nothing does."""
+        bypassed nodes; ("value", node) for a legacy PrimitiveNode; None if nothing does.
+        ``wanted`` is the type of the input the link goes into."""
         if link_id is None or link_id not in self.links:
             return None
         origin, slot, *_ = self.links[link_id]
@@ -145,25 +148,57 @@ class _Graph:
         if node is None or origin in seen:
             return None
         seen = (*seen, origin)
-        if node["type"] == "Reroute":
-            return self.source(_input_link(node, 0), seen)
+        if node["type"] == "Reroute":  # a virtual node: the wanted type goes on unchanged
+            return self.source(_input_link(node, 0), wanted, seen)
         if node["type"] == "PrimitiveNode":
             return ("value", node)
         mode = node.get("mode", 0)
         if mode == MODE_MUTED:
             return None
         if mode == MODE_BYPASSED:
-            out_type = (node.get("outputs") or [{}] * (slot + 1))[slot].get("type")
-            for index, entry in enumerate(node.get("inputs") or []):
-                if entry.get("type") == out_type and entry.get("link") is not None:
-                    return self.source(entry["link"], seen)
-            return None
+            index = _bypass_input(node, slot, wanted)
+            if index is None:
+                return None
+            entry = node["inputs"][index]
+            return self.source(entry.get("link"), entry.get("type"), seen)
         return (origin, slot)
 
 
 def _input_link(node: dict, index: int):
     inputs = node.get("inputs") or []
     return inputs[index].get("link") if index < len(inputs) else None
+
+
+def types_match(a, b) -> bool:
+    """LiteGraph's ``isValidConnection``: "*", "" or no type fit anything; otherwise the names
+    compared without case, and comma-separated lists fit when any of their members do."""
+    if not a or a == "*" or not b or b == "*" or a == b:
+        return True
+    a, b = str(a).lower(), str(b).lower()
+    if "," not in a and "," not in b:
+        return a == b
+    return any(types_match(x, y) for x in a.split(",") for y in b.split(","))
+
+
+def _bypass_input(node: dict, slot: int, wanted) -> int | None:
+    """The input of a bypassed node whose source stands in for its output ``slot``, when that
+    output feeds an input of type ``wanted`` (the frontend's rule, see the module docstring)."""
+    inputs = node.get("inputs") or []
+    if wanted in ("*", ""):
+        index = slot if len(inputs) > slot else 0
+        return index if index < len(inputs) else None
+    outputs = node.get("outputs") or []
+    out_type = outputs[slot].get("type") if slot < len(outputs) else None
+    if slot < len(inputs) and types_match(inputs[slot].get("type"), out_type) \
+            and types_match(inputs[slot].get("type"), wanted):
+        return slot
+    for index, entry in enumerate(inputs):
+        if entry.get("type") == wanted:
+            return index
+    for index, entry in enumerate(inputs):
+        if types_match(entry.get("type"), out_type) and types_match(entry.get("type"), wanted):
+            return index
+    return None
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -182,7 +217,7 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             name = entry.get("widget", {}).get("name") or entry["name"]
             if entry.get("link") is None:
                 continue
-            source = graph.source(entry["link"])
+            source = graph.source(entry["link"], entry.get("type"))
             if source is None or source[0] == "value":
                 # Fed by nothing that runs (muted): left out. By a legacy PrimitiveNode: the
                 # widget already holds its value.

@@ -4,6 +4,7 @@ Shared by the headless runner (scripts/run_workflow.py) and the tests' harness
 (tests/host/comfy_harness.py), so that both start and talk to ComfyUI the same way:
 
     server = ComfyUIServer(base_dir)              # main.py --cpu --listen 127.0.0.1 --base-directory ...
+                                                  # (cpu=False: ComfyUI picks the GPU itself)
     prompt_id, entry = server.run_following(prompt, on_event=print)   # queue, stream progress
     server.stop()
 
@@ -120,7 +121,9 @@ def free_port() -> int:
 
 
 class ComfyUIServer:
-    """``main.py`` as a subprocess, listening on 127.0.0.1 only; its log goes to a file."""
+    """``main.py`` as a subprocess, listening on 127.0.0.1 only; its log goes to a file.
+    ``cpu``: start it with ``--cpu`` (the tests' default); False lets ComfyUI use the GPU, which
+    it requires to exist then (see run_workflow.choose_device)."""
 
     # Not needed here and slow or noisy: API (cloud) nodes; the on-disk database.
     DEFAULT_ARGS = ("--disable-api-nodes", "--database-url", "sqlite:///:memory:")
@@ -128,13 +131,13 @@ class ComfyUIServer:
     def __init__(self, base_dir: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  extra_args: tuple[str, ...] = DEFAULT_ARGS, python: str = sys.executable,
                  start_timeout: float = 180.0, log_path: str | os.PathLike | None = None,
-                 on_wait=None):
+                 on_wait=None, cpu: bool = True):
         self.base_dir = Path(base_dir).resolve()
         self.root = Path(root) if root else comfyui_host.comfyui_root()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else self.base_dir / f"server-{self.port}.log"
-        self.command = [python, str(self.root / "main.py"), "--cpu", "--listen", "127.0.0.1",
+        self.command = [python, str(self.root / "main.py"), *(["--cpu"] if cpu else []), "--listen", "127.0.0.1",
                         "--port", str(self.port), "--disable-auto-launch",
                         "--base-directory", str(self.base_dir), *extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -82,9 +82,17 @@ def raise_if_failed(prompt_id: str, messages: list) -> None:
 
 # --- the base directory ---------------------------------------------------------------------
 
+class LinkError(Exception):
+    """A path the base directory needs as a link is taken by a real file or folder."""
+
+
 def prepare_base(root: str | os.PathLike, pack: Path = REPO) -> Path:
     """Create a ComfyUI ``--base-directory`` at ``root`` (model folders, input, output, user,
-    temp, custom_nodes) with this pack linked as ``custom_nodes/ComfyUI-LLM4GEN``."""
+    temp, custom_nodes) with this pack linked as ``custom_nodes/ComfyUI-LLM4GEN``.
+
+    One base directory (the default ``comfyui-base`` holds the user's models) serves every
+    checkout of the pack: the link is re-pointed at the checkout that asks, so ComfyUI loads
+    that one. A server already running keeps the pack it loaded at its start."""
     root = Path(root).resolve()
     for folder in MODEL_FOLDERS:
         (root / "models" / folder).mkdir(parents=True, exist_ok=True)
@@ -95,9 +103,28 @@ def prepare_base(root: str | os.PathLike, pack: Path = REPO) -> Path:
 
 
 def link_dir(link: Path, target: Path) -> None:
-    if link.is_symlink() and link.resolve() == target.resolve():
-        return
-    link.symlink_to(target, target_is_directory=True)
+    """Make ``link`` a symlink to the folder ``target``: created, or re-pointed when it leads
+    elsewhere (another checkout, a moved or deleted one). The swap is atomic: a new link is
+    renamed over the old one, so a process starting meanwhile finds the old or the new link,
+    never none, and two processes re-pointing at once leave one of theirs. A real file or folder
+    at ``link`` is left alone: LinkError."""
+    link, target = Path(link), Path(target).resolve()
+    if link.is_symlink():
+        if link.resolve() == target:
+            return
+    elif link.exists():
+        if link.resolve() == target:  # e.g. the pack cloned right there
+            return
+        raise LinkError(f"{link} is a {'folder' if link.is_dir() else 'file'}, not a link to {target}: "
+                        "move it away (or use another base directory) and run again")
+    # Beside the link (rename needs the same file system); ComfyUI skips names ending .disabled.
+    temporary = link.parent / f".{link.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.disabled"
+    temporary.symlink_to(target, target_is_directory=True)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 # --- the server -----------------------------------------------------------------------------

@@ -339,6 +339,9 @@ def run(args) -> int:
         say("ComfyUI did not start. With your own ComfyUI (COMFYUI_PATH), run it with its own Python: "
             "COMFYUI_PYTHON=/path/to/its/python (with this pack's requirements.txt installed).")
         return 1
+    except comfyui_server.LinkError as e:
+        say(f"cannot link the pack into ComfyUI's base directory: {e}")
+        return 1
     except workflow_api.WorkflowError as e:
         say(f"cannot run this workflow: {e}")
         if "no node type" in str(e) and not owned_base(base):

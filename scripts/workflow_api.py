@@ -11,6 +11,10 @@ frontend, so this module does the same, following the frontend's rules (ComfyUI 
   video / audio upload combos. Those extra values are not node inputs.
 - A widget input that is linked takes the link, not its stale value. Inputs that ``forceInput``
   are sockets.
+- Dynamic prompts: the value of a STRING widget declared with ``dynamicPrompts`` has each
+  ``{a|b|c}`` replaced by one option picked at random (nested choices, ``\\{`` ``\\|`` ``\\}``
+  escapes, ``//`` and ``/* */`` comments dropped), once per conversion as the frontend does once
+  per queue (its ``processDynamicPrompt``). ``rng`` makes it repeatable.
 - Frontend-only nodes are not sent: notes (``Note``, ``MarkdownNote``), ``Reroute`` (links are
   followed through it), the legacy ``PrimitiveNode`` (the widget it feeds keeps its value).
 - Muted nodes (mode 2) are left out, with any input fed by them. A bypassed node (mode 4) hands
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import json
+import random
+import re
 from pathlib import Path
 
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
@@ -105,6 +111,64 @@ def widget_layout(definition: dict) -> list[str | None]:
         if any(options.get(flag) for flag in UPLOAD_FLAGS):
             layout.append(None)
     return layout
+
+
+def dynamic_prompt_inputs(definition: dict) -> list[str]:
+    """The STRING widget inputs whose value the frontend resolves as a dynamic prompt."""
+    return [name for name, spec in input_specs(definition)
+            if spec[0] == "STRING" and len(spec) > 1 and isinstance(spec[1], dict)
+            and spec[1].get("dynamicPrompts") is True and is_widget(spec)]
+
+
+_COMMENTS = re.compile(r"/\*[\s\S]*?\*/|//[^\n\r\u2028\u2029]*")  # JavaScript's "." stops at these
+_ESCAPED = re.compile(r"\\([{}|])")
+
+
+def resolve_dynamic_prompt(text: str, rng=None) -> str:
+    """``text`` with every ``{a|b|...}`` replaced by one of its options, step for step as the
+    frontend's ``processDynamicPrompt`` (ComfyUI frontend 1.32): comments are dropped first; a
+    backslash keeps the next character as it is (``\\{`` ``\\|`` ``\\}`` lose the backslash at the
+    end, other escapes keep it); options may nest, and the chosen one is resolved in turn.
+    ``rng``: anything with ``random()`` in [0, 1) (default: the random module)."""
+    rng = rng or random
+    text = _COMMENTS.sub("", text)
+    pos = 0
+
+    def escape() -> str:
+        nonlocal pos
+        char = text[pos] if pos < len(text) else "undefined"  # what the frontend appends past the end
+        pos += 1
+        return "\\" + char
+
+    def choice() -> str:
+        nonlocal pos
+        options, current, depth = [], "", 0
+        while pos < len(text):
+            char = text[pos]
+            pos += 1
+            if char == "\\":
+                current += escape()
+                continue
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                if not depth:
+                    break
+                depth -= 1
+            elif char == "|" and not depth:
+                options.append(current)
+                current = ""
+                continue
+            current += char
+        options.append(current)
+        return resolve_dynamic_prompt(options[int(rng.random() * len(options))], rng)
+
+    out = ""
+    while pos < len(text):
+        char = text[pos]
+        pos += 1
+        out += escape() if char == "\\" else choice() if char == "{" else char
+    return _ESCAPED.sub(r"\1", out)
 
 
 def widget_values(node: dict, definition: dict) -> dict:
@@ -201,8 +265,10 @@ def _bypass_input(node: dict, slot: int, wanted) -> int | None:
     return None
 
 
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """The API-format prompt (``{node id: {class_type, inputs, _meta}}``) the frontend would queue."""
+def ui_to_api(workflow: dict, object_info: dict, rng=None) -> dict:
+    """The API-format prompt (``{node id: {class_type, inputs, _meta}}``) the frontend would queue.
+    ``rng`` (e.g. ``random.Random(seed)``) picks the options of dynamic prompts; default: at random."""
+    rng = rng or random.Random()
     missing = missing_node_types(workflow, object_info)
     if missing:
         raise WorkflowError(f"this ComfyUI has no node type(s) {', '.join(missing)} (missing custom nodes?)")
@@ -223,6 +289,9 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 # widget already holds its value.
                 continue
             inputs[name] = [str(source[0]), source[1]]
+        for name in dynamic_prompt_inputs(definition):  # a linked input holds a link, not a string
+            if isinstance(inputs.get(name), str):
+                inputs[name] = resolve_dynamic_prompt(inputs[name], rng)
         prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
                                    "_meta": {"title": node.get("title") or definition.get("display_name") or node["type"]}}
     return prompt

@@ -12,10 +12,10 @@ text encoders. Plain torch + transformers + safetensors + einops.
 from .cam import CrossAdapter, CrossAdapterConfig
 from .checkpoint import load_cross_adapter, read_cross_adapter_state, save_cross_adapter
 from .errors import CheckpointError, FeatureMismatchError, LLM4GENError, LLMLoadError
-from .llm import EncodedText, LLMEncoder, load_llm
+from .llm import EncodedText, LLMEncoder, load_llm, needs_tokenizer_path
 
 __all__ = [
     "CrossAdapter", "CrossAdapterConfig", "load_cross_adapter", "read_cross_adapter_state",
     "save_cross_adapter", "CheckpointError", "FeatureMismatchError", "LLM4GENError", "LLMLoadError",
-    "load_llm", "EncodedText", "LLMEncoder",
+    "load_llm", "needs_tokenizer_path", "EncodedText", "LLMEncoder",
 ]

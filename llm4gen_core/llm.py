@@ -157,6 +157,19 @@ def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer
     return LLMEncoder(model, tokenizer, "t5-encoder", T5_PREFIX if prefix is None else prefix, -1, str(path))
 
 
+def needs_tokenizer_path(path) -> bool:
+    """Whether ``load_llm(path)`` needs ``tokenizer_path`` to get a T5 tokenizer: a T5 encoder (folder or
+    single file) with no T5 tokenizer file of its own (spiece.model, tokenizer.model,
+    sentencepiece.model, tokenizer.json; a tokenizer_config.json alone is none). False for a
+    decoder-only LLM, which needs its own tokenizer. The rule load_llm itself follows, for callers
+    holding a fallback T5 tokenizer (the Load LLM node: ComfyUI's)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return True
+    model_type, _ = model_type_of(path)
+    return model_type not in DECODER_TYPES and find_t5_tokenizer_file(path) is None
+
+
 def _load_decoder(path, tokenizer_path, dtype, device, hidden_layer, template, prefix) -> LLMEncoder:
     if has_hf_tokenizer(path):
         tokenizer_source = path

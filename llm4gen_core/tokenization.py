@@ -26,7 +26,9 @@ from .errors import LLMLoadError
 from .safe_files import first_line
 
 SPM_NAMES = ("spiece.model", "tokenizer.model", "sentencepiece.model")
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", *SPM_NAMES)
+# Files a transformers tokenizer is built from (tokenizer_config.json holds settings, no vocabulary).
+HF_TOKENIZER_FILES = ("tokenizer.json", *SPM_NAMES)
+BPE_FILES = ("vocab.json", "merges.txt")
 T5_EXTRA_IDS = 100
 MAX_EXTRA_IDS = 1000
 
@@ -220,7 +222,11 @@ def _extra_ids(folder: Path) -> int:
 
 
 def has_hf_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in HF_TOKENIZER_FILES)
+    """A tokenizer transformers can build from the folder's files: tokenizer.json, a sentencepiece
+    model, or a BPE vocab.json with its merges.txt. A tokenizer_config.json alone is not one."""
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in HF_TOKENIZER_FILES) or all(
+        (folder / name).is_file() for name in BPE_FILES)
 
 
 class HFTokenizer:

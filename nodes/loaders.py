@@ -8,7 +8,7 @@ import torch
 import comfy.model_management as mm
 from comfy_api.latest import io
 
-from ..llm4gen_core import load_cross_adapter, load_llm
+from ..llm4gen_core import load_cross_adapter, load_llm, needs_tokenizer_path
 from . import model_folders
 from .patching import choose_dtype, make_patcher
 from .types import LLM4GENAdapter, LLM4GENLLM, LoadedAdapter, LoadedLLM
@@ -50,9 +50,10 @@ class LoadLLM(io.ComfyNode):
         load_device = mm.text_encoder_device() if device == "default" else torch.device("cpu")
         offload_device = mm.text_encoder_offload_device() if device == "default" else load_device
         compute_dtype = choose_dtype(load_device, dtype)
-        tokenizer = None if model_folders.has_tokenizer(path) else model_folders.comfy_t5_tokenizer()
+        # The loader's own rule: a T5 without a T5 tokenizer file of its own takes ComfyUI's.
+        tokenizer = model_folders.comfy_t5_tokenizer() if needs_tokenizer_path(path) else None
         if tokenizer:
-            log.info("LLM4GEN: %s has no tokenizer files; using ComfyUI's T5 tokenizer (%s)", model, tokenizer)
+            log.info("LLM4GEN: %s has no T5 tokenizer of its own; using ComfyUI's (%s)", model, tokenizer)
         llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device)
         patcher = make_patcher(llm.model, load_device, offload_device)
         log.info("LLM4GEN: loaded %s (%s, %d-d features, %s on %s)", model, llm.kind, llm.hidden_size,

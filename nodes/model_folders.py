@@ -18,7 +18,6 @@ ADAPTER_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin"}
 LLM_FILE_EXTENSIONS = {".safetensors", ".sft"}
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                  "pytorch_model.bin.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "tokenizer_config.json")
 
 
 def register_model_folders() -> None:
@@ -53,10 +52,6 @@ def is_model_folder(path: str) -> bool:
     return os.path.isdir(path) and any(
         os.path.exists(os.path.join(path, f)) for f in ("config.json",) + _WEIGHT_FILES
     )
-
-
-def has_tokenizer(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES)
 
 
 def llm_choices() -> list[str]:

@@ -16,10 +16,11 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-# Runs pip, dropping the lines this machine's pip configuration prints for every package
-# (file:// indexes without that package) so that real errors stay visible. Keeps pip's status.
+# Runs pip through scripts/quiet_pip.py, which drops what this set-up causes on purpose (the line
+# this machine's pip configuration prints for every package; the torchvision/torch conflict below)
+# so that only real errors show. Keeps pip's status.
 quiet_pip() {
-  "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+  "$PY" "$ROOT/scripts/quiet_pip.py" "$@"
 }
 
 stamp_inputs() {
@@ -43,7 +44,8 @@ else
   # alone (ComfyUI needs nothing more); the shim below lets it import beside CPU torch.
   # kornia (the Canny node) and spandrel (upscale models) need it too, so they come without
   # their pins as well.
-  # pip then reports "torchvision 0.29.1 requires torch>=2.14.0": expected, and harmless here.
+  # pip's next install then reports "torchvision 0.29.1 requires torch>=2.14.0": expected, and
+  # harmless here; quiet_pip drops that report (and shows any other conflict or error).
   "${pip[@]}" install -q --no-deps torchvision==0.29.1 kornia==0.9.0 spandrel==0.4.2
   "${pip[@]}" install -q -c "$ROOT/tests/constraints.txt" -r "$ROOT/tests/requirements.txt"
   site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

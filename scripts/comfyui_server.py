@@ -4,6 +4,7 @@ Shared by the headless runner (scripts/run_workflow.py) and the tests' harness
 (tests/host/comfy_harness.py), so that both start and talk to ComfyUI the same way:
 
     server = ComfyUIServer(base_dir)              # main.py --cpu --listen 127.0.0.1 --base-directory ...
+                                                  # (cpu=False: ComfyUI picks the GPU itself)
     prompt_id, entry = server.run_following(prompt, on_event=print)   # queue, stream progress
     server.stop()
 
@@ -81,9 +82,17 @@ def raise_if_failed(prompt_id: str, messages: list) -> None:
 
 # --- the base directory ---------------------------------------------------------------------
 
+class LinkError(Exception):
+    """A path the base directory needs as a link is taken by a real file or folder."""
+
+
 def prepare_base(root: str | os.PathLike, pack: Path = REPO) -> Path:
     """Create a ComfyUI ``--base-directory`` at ``root`` (model folders, input, output, user,
-    temp, custom_nodes) with this pack linked as ``custom_nodes/ComfyUI-LLM4GEN``."""
+    temp, custom_nodes) with this pack linked as ``custom_nodes/ComfyUI-LLM4GEN``.
+
+    One base directory (the default ``comfyui-base`` holds the user's models) serves every
+    checkout of the pack: the link is re-pointed at the checkout that asks, so ComfyUI loads
+    that one. A server already running keeps the pack it loaded at its start."""
     root = Path(root).resolve()
     for folder in MODEL_FOLDERS:
         (root / "models" / folder).mkdir(parents=True, exist_ok=True)
@@ -94,9 +103,28 @@ def prepare_base(root: str | os.PathLike, pack: Path = REPO) -> Path:
 
 
 def link_dir(link: Path, target: Path) -> None:
-    if link.is_symlink() and link.resolve() == target.resolve():
-        return
-    link.symlink_to(target, target_is_directory=True)
+    """Make ``link`` a symlink to the folder ``target``: created, or re-pointed when it leads
+    elsewhere (another checkout, a moved or deleted one). The swap is atomic: a new link is
+    renamed over the old one, so a process starting meanwhile finds the old or the new link,
+    never none, and two processes re-pointing at once leave one of theirs. A real file or folder
+    at ``link`` is left alone: LinkError."""
+    link, target = Path(link), Path(target).resolve()
+    if link.is_symlink():
+        if link.resolve() == target:
+            return
+    elif link.exists():
+        if link.resolve() == target:  # e.g. the pack cloned right there
+            return
+        raise LinkError(f"{link} is a {'folder' if link.is_dir() else 'file'}, not a link to {target}: "
+                        "move it away (or use another base directory) and run again")
+    # Beside the link (rename needs the same file system); ComfyUI skips names ending .disabled.
+    temporary = link.parent / f".{link.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.disabled"
+    temporary.symlink_to(target, target_is_directory=True)
+    try:
+        os.replace(temporary, link)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -120,7 +148,9 @@ def free_port() -> int:
 
 
 class ComfyUIServer:
-    """``main.py`` as a subprocess, listening on 127.0.0.1 only; its log goes to a file."""
+    """``main.py`` as a subprocess, listening on 127.0.0.1 only; its log goes to a file.
+    ``cpu``: start it with ``--cpu`` (the tests' default); False lets ComfyUI use the GPU, which
+    it requires to exist then (see run_workflow.choose_device)."""
 
     # Not needed here and slow or noisy: API (cloud) nodes; the on-disk database.
     DEFAULT_ARGS = ("--disable-api-nodes", "--database-url", "sqlite:///:memory:")
@@ -128,13 +158,13 @@ class ComfyUIServer:
     def __init__(self, base_dir: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  extra_args: tuple[str, ...] = DEFAULT_ARGS, python: str = sys.executable,
                  start_timeout: float = 180.0, log_path: str | os.PathLike | None = None,
-                 on_wait=None):
+                 on_wait=None, cpu: bool = True):
         self.base_dir = Path(base_dir).resolve()
         self.root = Path(root) if root else comfyui_host.comfyui_root()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path) if log_path else self.base_dir / f"server-{self.port}.log"
-        self.command = [python, str(self.root / "main.py"), "--cpu", "--listen", "127.0.0.1",
+        self.command = [python, str(self.root / "main.py"), *(["--cpu"] if cpu else []), "--listen", "127.0.0.1",
                         "--port", str(self.port), "--disable-auto-launch",
                         "--base-directory", str(self.base_dir), *extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -15,6 +15,10 @@ as shipped. If some are missing it says which and where they go, then runs in SM
 small random stand-ins are made locally under the same names in a separate smoke base directory
 (never in your model folders), the run is cut to a small size and few steps, and the output is
 labelled as coming from random weights. Nothing is downloaded (see scripts/get_models.py).
+
+ComfyUI runs on the GPU when the Python that runs it (``--python`` / ``COMFYUI_PYTHON``) has a
+torch that sees one (CUDA or ROCm, Intel XPU, Apple MPS), else on the CPU (``--cpu``); ``--cpu``
+or ``LLM4GEN_CPU=1`` asks for the CPU. The first lines of the output say which.
 """
 from __future__ import annotations
 
@@ -98,7 +102,59 @@ class Progress:
             note(f"  {elapsed}  FAILED in {data.get('node_type')}: {data.get('exception_message', '').strip()}")
 
 
-def start_server(base: Path, args, what: str) -> comfyui_server.ComfyUIServer:
+# --- the device -------------------------------------------------------------------------------
+
+# Asked of the Python that runs ComfyUI: its torch decides what ComfyUI's model_management can use
+# (this repo's .venv holds the CPU build; a user's ComfyUI Python may hold a CUDA one). The
+# backends ComfyUI picks by itself when started without --cpu; it fails without any of them.
+GPU_PROBE = """
+import torch
+if torch.cuda.is_available():
+    print("cuda:", torch.cuda.get_device_name(0))
+elif hasattr(torch, "xpu") and torch.xpu.is_available():
+    print("xpu:", torch.xpu.get_device_name(0))
+elif torch.backends.mps.is_available():
+    print("mps: Apple GPU")
+"""
+CPU_ENV = "LLM4GEN_CPU"
+
+
+def detect_gpu(python: str, timeout: float = 300) -> tuple[str | None, str]:
+    """(the GPU ComfyUI would use when run by ``python``, e.g. "cuda: NVIDIA H200", or None;
+    why there is none)."""
+    try:
+        done = subprocess.run([python, "-c", GPU_PROBE], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"could not ask {python} for a GPU: {e}"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return None, f"{python} could not look for a GPU: {last}"
+    found = done.stdout.strip().splitlines()
+    return (found[-1], "") if found else (None, "no GPU found")
+
+
+def cpu_request(flag: bool, environ=os.environ) -> str | None:
+    """How the CPU was asked for (``--cpu``, ``LLM4GEN_CPU=1``), or None."""
+    if flag:
+        return "--cpu"
+    value = environ.get(CPU_ENV, "").strip()
+    if value.lower() not in ("", "0", "false", "no", "off"):
+        return f"{CPU_ENV}={value}"
+    return None
+
+
+def choose_device(gpu: str | None, cpu_asked: str | None, no_gpu: str = "no GPU found") -> tuple[bool, str]:
+    """(start ComfyUI with --cpu?, the device as the output names it). ``gpu``: what
+    detect_gpu found (None: nothing, ``no_gpu`` says why); ``cpu_asked``: from cpu_request."""
+    if cpu_asked:
+        return True, f"CPU (asked for by {cpu_asked})" + (f"; the GPU ({gpu}) is not used" if gpu else "")
+    if gpu:
+        return False, f"GPU ({gpu})"
+    return True, f"CPU ({no_gpu})"
+
+
+def start_server(base: Path, args, what: str, cpu: bool = True) -> comfyui_server.ComfyUIServer:
     say(f"starting ComfyUI ({what}) ...")
     started = time.monotonic()
     log_path = None
@@ -107,7 +163,7 @@ def start_server(base: Path, args, what: str) -> comfyui_server.ComfyUIServer:
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"server-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     server = comfyui_server.ComfyUIServer(base, root=comfyui_host.install(), python=args.python,
-                                          start_timeout=args.start_timeout, log_path=log_path)
+                                          start_timeout=args.start_timeout, log_path=log_path, cpu=cpu)
     say(f"ComfyUI is up on {server.url} after {time.monotonic() - started:.0f} s (log: {server.log_path})")
     return server
 
@@ -196,6 +252,10 @@ def run(args) -> int:
     say(f"workflow: {workflow_path}")
     say(f"ComfyUI:  {root}" + (" (COMFYUI_PATH)" if comfyui_host.user_comfyui() else " (the project's host copy)"))
     say(f"models:   {base / 'models'} ({base_source})")
+    cpu_asked = cpu_request(args.cpu)
+    gpu, no_gpu = (None, "") if cpu_asked else detect_gpu(args.python)
+    cpu, device = choose_device(gpu, cpu_asked, no_gpu)
+    say(f"device:   {device}")
 
     smoke = args.smoke
     server = None
@@ -203,7 +263,7 @@ def run(args) -> int:
         if not smoke:
             if owned_base(base):
                 prepare_owned_base(base)
-            server = start_server(base, args, "your model folders")
+            server = start_server(base, args, "your model folders", cpu)
             object_info = server.object_info()
             prompt = to_prompt(workflow, object_info)
             missing = missing_files(prompt, object_info)
@@ -225,7 +285,7 @@ def run(args) -> int:
             sbase = prepare_owned_base(smoke_base(args))
             if server is None and args.smoke:
                 say("--smoke: running on random stand-ins without looking for real files")
-            server = start_server(sbase, args, "smoke mode, random weights")
+            server = start_server(sbase, args, "smoke mode, random weights", cpu)
             object_info = server.object_info()
             prompt = to_prompt(workflow, object_info)
             absent = missing_files(prompt, object_info)
@@ -246,9 +306,11 @@ def run(args) -> int:
                 "The image shows noise, not LLM4GEN: it only proves the workflow runs end to end in ComfyUI.",
                 *(["Changed for speed: " + "; ".join(notes) + " (--as-shipped keeps the workflow's own)."] if notes else []),
                 "For real images put the files listed above in place (README-workflows.md) and run again.",
+                f"Device: {device}.",
             ])
         else:
-            say("all model files found: running the workflow as shipped" + (f", except: {'; '.join(notes)}" if notes else ""))
+            say("all model files found: running the workflow as shipped" + (f", except: {'; '.join(notes)}" if notes else "")
+                + f", on the {device}")
         say(f"queueing {len(prompt)} nodes ...")
         started = time.monotonic()
         try:
@@ -276,6 +338,9 @@ def run(args) -> int:
         note("\n".join(str(e).splitlines()[-15:]))
         say("ComfyUI did not start. With your own ComfyUI (COMFYUI_PATH), run it with its own Python: "
             "COMFYUI_PYTHON=/path/to/its/python (with this pack's requirements.txt installed).")
+        return 1
+    except comfyui_server.LinkError as e:
+        say(f"cannot link the pack into ComfyUI's base directory: {e}")
         return 1
     except workflow_api.WorkflowError as e:
         say(f"cannot run this workflow: {e}")
@@ -306,6 +371,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--print-api", action="store_true", help="print the API-format prompt and exit")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds to wait for the run (default: %(default)s)")
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds to wait for ComfyUI to start")
+    parser.add_argument("--cpu", action="store_true",
+                        help=f"run ComfyUI on the CPU even when there is a GPU (also: {CPU_ENV}=1)")
     parser.add_argument("--python", default=os.environ.get("COMFYUI_PYTHON", sys.executable),
                         help="Python that runs ComfyUI's main.py (default: $COMFYUI_PYTHON or this one)")
     return parser.parse_args(argv)

@@ -11,15 +11,23 @@ frontend, so this module does the same, following the frontend's rules (ComfyUI 
   video / audio upload combos. Those extra values are not node inputs.
 - A widget input that is linked takes the link, not its stale value. Inputs that ``forceInput``
   are sockets.
+- Dynamic prompts: the value of a STRING widget declared with ``dynamicPrompts`` has each
+  ``{a|b|c}`` replaced by one option picked at random (nested choices, ``\\{`` ``\\|`` ``\\}``
+  escapes, ``//`` and ``/* */`` comments dropped), once per conversion as the frontend does once
+  per queue (its ``processDynamicPrompt``). ``rng`` makes it repeatable.
 - Frontend-only nodes are not sent: notes (``Note``, ``MarkdownNote``), ``Reroute`` (links are
   followed through it), the legacy ``PrimitiveNode`` (the widget it feeds keeps its value).
-- Muted nodes (mode 2) are left out, with any input fed by them; bypassed nodes (mode 4) pass
-  each input straight through to the first output of the same type.
+- Muted nodes (mode 2) are left out, with any input fed by them. A bypassed node (mode 4) hands
+  on what feeds one of its inputs: for output slot i, input slot i when its type fits, else the
+  first input of the type wanted, else the first input whose type fits (the frontend's
+  ``ExecutableNodeDTO.resolveOutput``). "Fits" is LiteGraph's ``isValidConnection``.
 """
 from __future__ import annotations
 
 import copy
 import json
+import random
+import re
 from pathlib import Path
 
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
@@ -105,6 +113,64 @@ def widget_layout(definition: dict) -> list[str | None]:
     return layout
 
 
+def dynamic_prompt_inputs(definition: dict) -> list[str]:
+    """The STRING widget inputs whose value the frontend resolves as a dynamic prompt."""
+    return [name for name, spec in input_specs(definition)
+            if spec[0] == "STRING" and len(spec) > 1 and isinstance(spec[1], dict)
+            and spec[1].get("dynamicPrompts") is True and is_widget(spec)]
+
+
+_COMMENTS = re.compile(r"/\*[\s\S]*?\*/|//[^\n\r\u2028\u2029]*")  # JavaScript's "." stops at these
+_ESCAPED = re.compile(r"\\([{}|])")
+
+
+def resolve_dynamic_prompt(text: str, rng=None) -> str:
+    """``text`` with every ``{a|b|...}`` replaced by one of its options, step for step as the
+    frontend's ``processDynamicPrompt`` (ComfyUI frontend 1.32): comments are dropped first; a
+    backslash keeps the next character as it is (``\\{`` ``\\|`` ``\\}`` lose the backslash at the
+    end, other escapes keep it); options may nest, and the chosen one is resolved in turn.
+    ``rng``: anything with ``random()`` in [0, 1) (default: the random module)."""
+    rng = rng or random
+    text = _COMMENTS.sub("", text)
+    pos = 0
+
+    def escape() -> str:
+        nonlocal pos
+        char = text[pos] if pos < len(text) else "undefined"  # what the frontend appends past the end
+        pos += 1
+        return "\\" + char
+
+    def choice() -> str:
+        nonlocal pos
+        options, current, depth = [], "", 0
+        while pos < len(text):
+            char = text[pos]
+            pos += 1
+            if char == "\\":
+                current += escape()
+                continue
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                if not depth:
+                    break
+                depth -= 1
+            elif char == "|" and not depth:
+                options.append(current)
+                current = ""
+                continue
+            current += char
+        options.append(current)
+        return resolve_dynamic_prompt(options[int(rng.random() * len(options))], rng)
+
+    out = ""
+    while pos < len(text):
+        char = text[pos]
+        pos += 1
+        out += escape() if char == "\\" else choice() if char == "{" else char
+    return _ESCAPED.sub(r"\1", out)
+
+
 def widget_values(node: dict, definition: dict) -> dict:
     """The node's widget inputs and their saved values."""
     values = node.get("widgets_values")
@@ -135,9 +201,10 @@ class _Graph:
                         link["target_slot"], link.get("type")]
             self.links[link[0]] = tuple(link[1:6])
 
-    def source(self, link_id, seen=()) -> tuple | None:
+    def source(self, link_id, wanted=None, seen=()) -> tuple | None:
         """(node id, output slot) that really feeds this link after following reroutes and
-        bypassed nodes; ("value", node) for a legacy PrimitiveNode; None if nothing does."""
+        bypassed nodes; ("value", node) for a legacy PrimitiveNode; None if nothing does.
+        ``wanted`` is the type of the input the link goes into."""
         if link_id is None or link_id not in self.links:
             return None
         origin, slot, *_ = self.links[link_id]
@@ -145,19 +212,19 @@ class _Graph:
         if node is None or origin in seen:
             return None
         seen = (*seen, origin)
-        if node["type"] == "Reroute":
-            return self.source(_input_link(node, 0), seen)
+        if node["type"] == "Reroute":  # a virtual node: the wanted type goes on unchanged
+            return self.source(_input_link(node, 0), wanted, seen)
         if node["type"] == "PrimitiveNode":
             return ("value", node)
         mode = node.get("mode", 0)
         if mode == MODE_MUTED:
             return None
         if mode == MODE_BYPASSED:
-            out_type = (node.get("outputs") or [{}] * (slot + 1))[slot].get("type")
-            for index, entry in enumerate(node.get("inputs") or []):
-                if entry.get("type") == out_type and entry.get("link") is not None:
-                    return self.source(entry["link"], seen)
-            return None
+            index = _bypass_input(node, slot, wanted)
+            if index is None:
+                return None
+            entry = node["inputs"][index]
+            return self.source(entry.get("link"), entry.get("type"), seen)
         return (origin, slot)
 
 
@@ -166,8 +233,42 @@ def _input_link(node: dict, index: int):
     return inputs[index].get("link") if index < len(inputs) else None
 
 
-def ui_to_api(workflow: dict, object_info: dict) -> dict:
-    """The API-format prompt (``{node id: {class_type, inputs, _meta}}``) the frontend would queue."""
+def types_match(a, b) -> bool:
+    """LiteGraph's ``isValidConnection``: "*", "" or no type fit anything; otherwise the names
+    compared without case, and comma-separated lists fit when any of their members do."""
+    if not a or a == "*" or not b or b == "*" or a == b:
+        return True
+    a, b = str(a).lower(), str(b).lower()
+    if "," not in a and "," not in b:
+        return a == b
+    return any(types_match(x, y) for x in a.split(",") for y in b.split(","))
+
+
+def _bypass_input(node: dict, slot: int, wanted) -> int | None:
+    """The input of a bypassed node whose source stands in for its output ``slot``, when that
+    output feeds an input of type ``wanted`` (the frontend's rule, see the module docstring)."""
+    inputs = node.get("inputs") or []
+    if wanted in ("*", ""):
+        index = slot if len(inputs) > slot else 0
+        return index if index < len(inputs) else None
+    outputs = node.get("outputs") or []
+    out_type = outputs[slot].get("type") if slot < len(outputs) else None
+    if slot < len(inputs) and types_match(inputs[slot].get("type"), out_type) \
+            and types_match(inputs[slot].get("type"), wanted):
+        return slot
+    for index, entry in enumerate(inputs):
+        if entry.get("type") == wanted:
+            return index
+    for index, entry in enumerate(inputs):
+        if types_match(entry.get("type"), out_type) and types_match(entry.get("type"), wanted):
+            return index
+    return None
+
+
+def ui_to_api(workflow: dict, object_info: dict, rng=None) -> dict:
+    """The API-format prompt (``{node id: {class_type, inputs, _meta}}``) the frontend would queue.
+    ``rng`` (e.g. ``random.Random(seed)``) picks the options of dynamic prompts; default: at random."""
+    rng = rng or random.Random()
     missing = missing_node_types(workflow, object_info)
     if missing:
         raise WorkflowError(f"this ComfyUI has no node type(s) {', '.join(missing)} (missing custom nodes?)")
@@ -182,12 +283,15 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             name = entry.get("widget", {}).get("name") or entry["name"]
             if entry.get("link") is None:
                 continue
-            source = graph.source(entry["link"])
+            source = graph.source(entry["link"], entry.get("type"))
             if source is None or source[0] == "value":
                 # Fed by nothing that runs (muted): left out. By a legacy PrimitiveNode: the
                 # widget already holds its value.
                 continue
             inputs[name] = [str(source[0]), source[1]]
+        for name in dynamic_prompt_inputs(definition):  # a linked input holds a link, not a string
+            if isinstance(inputs.get(name), str):
+                inputs[name] = resolve_dynamic_prompt(inputs[name], rng)
         prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"],
                                    "_meta": {"title": node.get("title") or definition.get("display_name") or node["type"]}}
     return prompt

@@ -168,6 +168,20 @@ def test_llm_encode_honours_interrupt_and_recovers(comfy_inprocess, llm4gen_mode
     assert encode.execute(llm, "interrupted prompt", 256)[0].hidden_states.shape == (1, 256, llm4gen_models.llm_dim)
 
 
+def test_a_tokenizer_config_alone_still_gets_comfyuis_t5_tokenizer(comfy_inprocess, comfy_base, llm4gen_models, tmp_path):
+    """The RankGen folder with a tokenizer_config.json but no tokenizer: Load LLM must still hand
+    the loader ComfyUI's T5 tokenizer (it used to pass none: "no tokenizer")."""
+    import json
+    import shutil
+
+    folder = tmp_path / "rankgen-with-tokenizer-config"
+    shutil.copytree(llm4gen_models.llm_path, folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "T5Tokenizer", "extra_ids": 100}))
+    name = comfy_base.place("LLM", folder)
+    llm = comfy_inprocess.node_class("LLM4GENLoadLLM").execute(name, "auto", "default")[0]
+    assert llm.llm.encode(["a red car"]).hidden_states.shape == (1, 256, llm4gen_models.llm_dim)
+
+
 def test_batch_one_broadcasts_and_other_mismatches_are_clear(comfy_inprocess, llm4gen_models):
     import dataclasses
 

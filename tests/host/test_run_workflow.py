@@ -47,6 +47,7 @@ def test_missing_files_are_named_then_smoke_mode_runs_on_random_weights(tmp_path
     for folder, name in EXPECTED.items():
         assert str(real / folder / name) in out, f"the runner did not say where {name} goes:\n{out}"
     assert "SMOKE MODE: RANDOM WEIGHTS" in out
+    assert re.search(r"^\[llm4gen\] device: +(CPU|GPU) \(", out, re.M), "the device ComfyUI runs on is named"
     assert "steps 2 (workflow: 50)" in out and "size 64x64 (workflow: 512x512)" in out
     assert re.search(r"KSampler.*: step 2/2", out), "sampler progress is shown"
     ((path, label),) = saved_paths(out)

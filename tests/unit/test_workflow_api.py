@@ -5,9 +5,14 @@ conversion agrees with the real frontend's own ``graphToPrompt`` on the bundled 
 checked in tests/host/test_browser_frontend.py; that the result runs, in tests/host."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from scripts import workflow_api as wa
+
+REPO = Path(__file__).resolve().parents[2]
 
 OBJECT_INFO = {
     "Loader": {"input": {"required": {"ckpt_name": [["a.safetensors", "b.safetensors"], {}]}},
@@ -99,6 +104,76 @@ def test_bypassed_nodes_pass_their_input_through_and_muted_nodes_are_dropped():
     assert set(prompt) == {"1", "2"}
     assert prompt["2"]["inputs"]["model"] == ["1", 0]
     assert "count" not in prompt["2"]["inputs"]
+
+
+def definitions_from(workflow: dict) -> dict:
+    """Node definitions shaped like /object_info, read back from a saved workflow's own input
+    slots (widgets where the frontend marked one; an upload button flags the combo before it):
+    enough for the conversion, without a ComfyUI."""
+    info = {}
+    for n in workflow["nodes"]:
+        if n["type"] in wa.FRONTEND_ONLY:
+            continue
+        required = {}
+        for entry in n.get("inputs") or []:
+            if entry["type"] == "IMAGEUPLOAD":
+                list(required.values())[-1][1]["image_upload"] = True
+            elif "widget" in entry:
+                required[entry["name"]] = [entry["type"], {}]
+            else:
+                required[entry["name"]] = [entry["type"], {"forceInput": True}]
+        info[n["type"]] = {"input": {"required": required}, "input_order": {"required": list(required)},
+                           "output": [o["type"] for o in n.get("outputs") or []]}
+    return info
+
+
+def test_bypassing_apply_controlnet_in_the_bundled_workflow_keeps_positive_and_negative_apart():
+    """Bypass "Apply ControlNet" in the bundled ControlNet workflow: its negative output (slot 1)
+    must hand on its negative input (slot 1), as the frontend does, not the first CONDITIONING
+    input (the positive prompt)."""
+    wf = json.loads((REPO / "workflows" / "sd15" / "llm4gen_sd15_controlnet_lora.json").read_text(encoding="utf-8"))
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    apply_cn = nodes[12]
+    assert apply_cn["type"] == "ControlNetApplyAdvanced"
+    assert [i["name"] for i in apply_cn["inputs"][:2]] == ["positive", "negative"]
+    sampler_inputs = {i["name"]: i["link"] for i in nodes[22]["inputs"]}
+    links = {link[0]: link for link in wf["links"]}
+    assert links[sampler_inputs["negative"]][1:3] == [12, 1], "the sampler's negative comes from ControlNet's output 1"
+    positive_in, negative_in = (links[apply_cn["inputs"][k]["link"]][1] for k in (0, 1))
+
+    apply_cn["mode"] = wa.MODE_BYPASSED
+    prompt = wa.ui_to_api(wf, definitions_from(wf))
+    assert "12" not in prompt
+    assert prompt["22"]["inputs"]["positive"] == [str(positive_in), 0]
+    assert prompt["22"]["inputs"]["negative"] == [str(negative_in), 0]
+    assert positive_in != negative_in
+
+
+def test_a_bypassed_output_takes_the_input_at_its_slot_else_the_first_of_the_wanted_type():
+    info = {**OBJECT_INFO,
+            "Pair": {"input": {"required": {"a": ["MODEL", {}], "b": ["MODEL", {}], "c": ["LATENT", {}]}},
+                     "output": ["MODEL", "MODEL", "LATENT"]},
+            "Swap": {"input": {"required": {"x": ["LATENT", {}], "m": ["MODEL", {}]}}, "output": ["MODEL"]}}
+    loaders = [node(i, "Loader", [], [{"type": "MODEL", "links": [i]}], ["a.safetensors"]) for i in (1, 3, 4)]
+    pair = node(5, "Pair", [{"name": "a", "type": "MODEL", "link": 1}, {"name": "b", "type": "MODEL", "link": 3},
+                            {"name": "c", "type": "LATENT", "link": None}],
+                [{"type": "MODEL", "links": [10]}, {"type": "MODEL", "links": [11]}, {"type": "LATENT", "links": []}],
+                [], mode=4)
+    swap = node(6, "Swap", [{"name": "x", "type": "LATENT", "link": None}, {"name": "m", "type": "MODEL", "link": 4}],
+                [{"type": "MODEL", "links": [12]}], [], mode=4)
+    wf = graph([*loaders, pair, swap, sampler(id=7, model_link=10), sampler(id=8, model_link=11),
+                sampler(id=9, model_link=12)],
+               [[1, 1, 0, 5, 0, "MODEL"], [3, 3, 0, 5, 1, "MODEL"], [4, 4, 0, 6, 1, "MODEL"],
+                [10, 5, 0, 7, 0, "MODEL"], [11, 5, 1, 8, 0, "MODEL"], [12, 6, 0, 9, 0, "MODEL"]])
+    prompt = wa.ui_to_api(wf, info)
+    assert prompt["7"]["inputs"]["model"] == ["1", 0]  # output 0 -> input 0
+    assert prompt["8"]["inputs"]["model"] == ["3", 0]  # output 1 -> input 1, not the first MODEL
+    assert prompt["9"]["inputs"]["model"] == ["4", 0]  # input 0 is a LATENT: the first MODEL input
+
+
+def test_connection_types_match_as_litegraph_matches_them():
+    assert wa.types_match("IMAGE", "image") and wa.types_match("*", "MODEL") and wa.types_match("", "X")
+    assert wa.types_match("INT,FLOAT", "FLOAT") and not wa.types_match("MODEL", "CLIP")
 
 
 def test_a_legacy_primitive_node_leaves_the_widget_value():

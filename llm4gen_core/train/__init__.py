@@ -12,6 +12,7 @@ Modules, one job each:
 - ``data``: image/caption datasets (imagefolder + metadata.jsonl, WebDataset shards), bad samples
   skipped and counted, deterministic per-rank order that a resumed run continues.
 - ``base``: the frozen parts of the base model (diffusers folder or single file).
+- ``single_file``: an SD1.x single-file checkpoint (.safetensors/.ckpt) as diffusers modules.
 - ``unet_layout``: UNet key names between diffusers and ComfyUI's (ldm) layout.
 - ``text``: captions to UNet context, exactly as the nodes compute it (CFG dropout included).
 - ``loop``: the accelerate training loop (loss, min-SNR, EMA, mixed precision).

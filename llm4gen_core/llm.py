@@ -95,8 +95,8 @@ class LLMEncoder:
         if recipe.kind != self.kind:
             trained = recipe.llm_name or "an LLM"
             raise LLM4GENError(
-                f"the adapter was trained with {trained} (a {_KIND_NAMES[recipe.kind]}), but the loaded LLM is "
-                f"{Path(self.source).name} (a {_KIND_NAMES[self.kind]}): load {trained} in Load LLM (LLM4GEN), "
+                f"the adapter was trained with {trained} (a {KIND_NAMES[recipe.kind]}), but the loaded LLM is "
+                f"{Path(self.source).name} (a {KIND_NAMES[self.kind]}): load {trained} in Load LLM (LLM4GEN), "
                 "or use an adapter trained on this LLM"
             )
         if recipe.template != "plain":
@@ -182,7 +182,7 @@ class LLMEncoder:
         return out.hidden_states[hidden_layer]
 
 
-_KIND_NAMES = {"t5-encoder": "T5 encoder", "decoder": "decoder-only LLM"}
+KIND_NAMES = {"t5-encoder": "T5 encoder", "decoder": "decoder-only LLM"}  # recipe kinds, for messages
 
 
 def _check_max_tokens(max_tokens) -> None:

@@ -94,6 +94,7 @@ class CrossAdapter(nn.Module):
     def __init__(self, config: CrossAdapterConfig = CrossAdapterConfig()):
         super().__init__()
         self.config = config
+        self.recipe = None  # the LLM recipe it was trained with (llm4gen_core.recipe); None: the release's
         self.CrossFusionModule = nn.ModuleList(
             CrossFusion(config.clip_dim, config.llm_dim, config.heads, config.ffn_dim)
             for _ in range(config.depth)

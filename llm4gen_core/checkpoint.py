@@ -4,6 +4,11 @@ The release stores a plain state dict with keys ``CrossFusionModule.<i>.<layer>.
 Everything else about the model (widths, FFN size, depth) is read off the tensor shapes; the
 head count cannot be, so it comes from the file's metadata (written by :func:`save_cross_adapter`)
 or defaults to the release's 8.
+
+An adapter trained by ``llm4gen_core.train`` also records the LLM recipe it was trained with
+(``llm4gen.llm.*`` metadata, :mod:`.recipe`); it comes back as the loaded adapter's ``recipe``.
+A file without one (the release's projector.pth) gives ``None``: callers treat that as
+:data:`.recipe.RELEASE`.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .cam import CrossAdapter, CrossAdapterConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, LLM4GENError
+from .recipe import LLMRecipe
 from .safe_files import check_weight, listed, read_tensor_file
 
 DEFAULT_HEADS = 8
@@ -85,10 +91,29 @@ def _heads_from_metadata(metadata: dict[str, str], path) -> int:
         raise CheckpointError(path, f"metadata {META_PREFIX}heads is not an integer: {raw!r}") from None
 
 
-def read_cross_adapter_state(path, heads: int | None = None) -> tuple[dict[str, torch.Tensor], CrossAdapterConfig]:
-    """Load and validate a CAM state dict without building the module."""
+def read_cross_adapter_file(path, heads: int | None = None
+                            ) -> tuple[dict[str, torch.Tensor], CrossAdapterConfig, LLMRecipe | None]:
+    """Load and validate a CAM state dict without building the module: (state, config, recipe).
+    ``recipe`` is None when the file records none (the release)."""
     state, metadata = read_tensor_file(path)
-    return state, infer_config(state, path, heads, metadata)
+    cfg = infer_config(state, path, heads, metadata)
+    return state, cfg, recipe_from_metadata(metadata, path)
+
+
+def read_cross_adapter_state(path, heads: int | None = None) -> tuple[dict[str, torch.Tensor], CrossAdapterConfig]:
+    """Load and validate a CAM state dict without building the module (its recipe is checked too;
+    :func:`read_cross_adapter_file` returns it)."""
+    state, cfg, _ = read_cross_adapter_file(path, heads)
+    return state, cfg
+
+
+def recipe_from_metadata(metadata: dict[str, str], path) -> LLMRecipe | None:
+    """The LLM recipe a file records, None when it records none; a malformed one names the file."""
+    try:
+        return LLMRecipe.from_metadata(metadata)
+    except LLM4GENError as exc:
+        raise CheckpointError(path, f"malformed LLM recipe in its metadata: {exc}",
+                              "the file was not written by llm4gen_core, or was edited") from None
 
 
 def load_cross_adapter(path, heads: int | None = None, dtype: torch.dtype | None = torch.float32,
@@ -96,25 +121,29 @@ def load_cross_adapter(path, heads: int | None = None, dtype: torch.dtype | None
     """Build the CAM from a weights file, ready for inference (eval mode, no gradients).
 
     ``dtype=None`` keeps the file's dtype; the default float32 is what the release ran in.
+    The adapter's ``recipe`` is the LLM recipe the file records (None: the release's).
     """
-    state, cfg = read_cross_adapter_state(path, heads)
+    state, cfg, recipe = read_cross_adapter_file(path, heads)
     with torch.device("meta"):
         adapter = CrossAdapter(cfg)
     file_dtype = next(iter(state.values())).dtype
     state = {k: v.to(device=device or "cpu", dtype=dtype or file_dtype) for k, v in state.items()}
     adapter.load_state_dict(state, strict=True, assign=True)
+    adapter.recipe = recipe
     return adapter.eval().requires_grad_(False)
 
 
 def save_cross_adapter(state: dict[str, torch.Tensor], path, cfg: CrossAdapterConfig, source: str = "",
-                       recipe=None) -> None:
-    """Write a CAM state dict as safetensors, with the head count and dims (and the LLM recipe it
-    was trained with, when given) as metadata."""
+                       recipe: LLMRecipe | None = None) -> None:
+    """Write a CAM state dict as safetensors, with the head count and dims as metadata, and the
+    LLM recipe it was trained with when given (the nodes then encode as it says)."""
     from safetensors.torch import save_file
 
     metadata = {"format": "pt", **{META_PREFIX + k: str(v) for k, v in vars(cfg).items()}}
     if source:
         metadata[META_PREFIX + "source"] = Path(source).name
     if recipe is not None:
+        if not isinstance(recipe, LLMRecipe):
+            raise TypeError(f"recipe must be an LLMRecipe, got {type(recipe).__name__}")
         metadata.update(recipe.to_metadata())
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=metadata)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import read_cross_adapter_state, save_cross_adapter
+from .checkpoint import read_cross_adapter_file, save_cross_adapter
 from .errors import LLM4GENError
 
 
@@ -27,14 +27,14 @@ def convert(src, dst, heads: int | None = None, overwrite: bool = False):
         raise LLM4GENError(f"{dst} exists already (pass --overwrite to replace it)")
     if dst.resolve() == src.resolve():
         raise LLM4GENError(f"{dst}: output and input are the same file")
-    state, cfg = read_cross_adapter_state(src, heads)
+    state, cfg, recipe = read_cross_adapter_file(src, heads)
     tmp = dst.with_name(dst.name + ".partial")
-    save_cross_adapter(state, tmp, cfg, source=str(src))
-    written, cfg_back = read_cross_adapter_state(tmp)
+    save_cross_adapter(state, tmp, cfg, source=str(src), recipe=recipe)  # an adapter's LLM recipe is kept
+    written, cfg_back, recipe_back = read_cross_adapter_file(tmp)
     same = written.keys() == state.keys() and all(
         written[k].dtype == v.dtype and torch.equal(written[k], v) for k, v in state.items()
     )
-    if not same or cfg_back != cfg:
+    if not same or cfg_back != cfg or recipe_back != recipe:
         tmp.unlink(missing_ok=True)
         raise LLM4GENError(f"{dst}: the written file does not read back identically; nothing was saved")
     tmp.replace(dst)

@@ -12,6 +12,10 @@ positions, padding included, with the attention mask that was passed to the enco
 Decoder-only LLMs (Llama, Qwen2/3, Gemma, Mistral folders) go the same way for adapters trained on
 them: their own tokenizer (plain, or the chat template around the prompt), right padding, and the
 hidden state of a chosen layer.
+
+An adapter records how its LLM features were made (:class:`~.recipe.LLMRecipe`: prefix, length,
+hidden layer, template). ``llm.encode(texts, recipe=adapter_recipe)`` encodes exactly that way for
+this call, whatever the encoder was loaded with; ``llm.recipe(max_tokens)`` describes its own way.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from .llm_loading import (
     DECODER_TYPES, T5_TYPES, decoder_layers, load_decoder, load_t5_encoder, model_type_of, resolve_device,
     resolve_dtype,
 )
+from .recipe import LLMRecipe
 from .tokenization import HFTokenizer, find_t5_tokenizer_file, has_hf_tokenizer, load_t5_tokenizer
 
 T5_PREFIX = "pre "  # RankGen's marker for a prefix (as opposed to "suffi " for a suffix)
@@ -41,6 +46,7 @@ class EncodedText:
     input_ids: torch.Tensor       # [B, max_tokens] long
     token_counts: list[int]       # tokens of each prompt before truncation/padding (incl. </s>)
     truncated: list[bool]         # whether a prompt had more than max_tokens tokens
+    recipe: LLMRecipe             # how they were encoded (prefix, max_tokens, hidden layer, template)
 
 
 class LLMEncoder:
@@ -69,17 +75,63 @@ class LLMEncoder:
     def layers(self) -> torch.nn.ModuleList:
         return self.model.encoder.block if self.kind == "t5-encoder" else decoder_layers(self.model)
 
-    def tokenize(self, texts: str | Sequence[str], max_tokens: int = 256):
-        """(input_ids, attention_mask, token_counts, truncated) for the prompts, on the CPU."""
+    @property
+    def template(self) -> str:
+        """How prompts are wrapped: "plain", or "chat" (a decoder's chat template)."""
+        return getattr(self.tokenizer, "template", "plain")
+
+    def recipe(self, max_tokens: int = 256) -> LLMRecipe:
+        """How this encoder encodes at ``max_tokens``: what an adapter trained on its features records."""
+        _check_max_tokens(max_tokens)
+        return LLMRecipe(kind=self.kind, prefix=self.prefix, max_tokens=max_tokens, hidden_layer=self.hidden_layer,
+                         template=self.template, llm_name=Path(self.source).name)
+
+    def _resolve(self, recipe: LLMRecipe | None, max_tokens: int) -> LLMRecipe:
+        """The recipe one call encodes with: the given one (checked against this LLM), else our own."""
+        if recipe is None:
+            return self.recipe(max_tokens)
+        if not isinstance(recipe, LLMRecipe):
+            raise LLM4GENError(f"recipe must be an LLMRecipe, got {type(recipe).__name__}")
+        if recipe.kind != self.kind:
+            trained = recipe.llm_name or "an LLM"
+            raise LLM4GENError(
+                f"the adapter was trained with {trained} (a {KIND_NAMES[recipe.kind]}), but the loaded LLM is "
+                f"{Path(self.source).name} (a {KIND_NAMES[self.kind]}): load {trained} in Load LLM (LLM4GEN), "
+                "or use an adapter trained on this LLM"
+            )
+        if recipe.template != "plain":
+            if not hasattr(self.tokenizer, "check_template"):
+                raise LLM4GENError(f"the adapter's recipe wraps prompts in the {recipe.template!r} template, but "
+                                   f"{Path(self.source).name}'s tokenizer has none")
+            self.tokenizer.check_template(recipe.template)
+        n_states = len(self.layers) + 1  # embeddings + one per layer
+        if not -n_states <= recipe.hidden_layer < n_states:
+            raise LLM4GENError(
+                f"the adapter's recipe takes hidden state {recipe.hidden_layer}, but {Path(self.source).name} has "
+                f"hidden states 0..{n_states - 1} (or -{n_states}..-1 from the end): it was trained on another LLM "
+                f"({recipe.llm_name or 'unnamed'})"
+            )
+        return recipe
+
+    def tokenize(self, texts: str | Sequence[str], max_tokens: int = 256, *, recipe: LLMRecipe | None = None):
+        """(input_ids, attention_mask, token_counts, truncated) for the prompts, on the CPU. With a
+        ``recipe``, its prefix, template and max_tokens are used instead of this encoder's."""
         texts = _as_prompt_list(texts)
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise LLM4GENError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        _check_max_tokens(max_tokens)
+        recipe = self._resolve(recipe, max_tokens)
+        return self._tokenize(texts, recipe)
+
+    def _tokenize(self, texts: list[str], recipe: LLMRecipe):
+        max_tokens = recipe.max_tokens
         pad_id = self.tokenizer.pad_id if self.kind == "decoder" else 0  # the release pads T5 with 0
         ids = torch.full((len(texts), max_tokens), pad_id, dtype=torch.long)
         mask = torch.zeros((len(texts), max_tokens), dtype=torch.long)
         counts = []
         for row, text in enumerate(texts):
-            tokens = self.tokenizer.tokenize(self.prefix + text)
+            if recipe.template == self.template:
+                tokens = self.tokenizer.tokenize(recipe.prefix + text)
+            else:
+                tokens = self.tokenizer.tokenize(recipe.prefix + text, template=recipe.template)
             counts.append(len(tokens))
             kept = tokens[:max_tokens]
             ids[row, : len(kept)] = torch.tensor(kept, dtype=torch.long)
@@ -87,10 +139,18 @@ class LLMEncoder:
         return ids, mask, counts, [n > max_tokens for n in counts]
 
     def encode(self, texts: str | Sequence[str], max_tokens: int = 256,
-               step_callback: Callable[[int, int], None] | None = None) -> EncodedText:
+               step_callback: Callable[[int, int], None] | None = None, *,
+               recipe: LLMRecipe | None = None) -> EncodedText:
         """Features of ``texts`` ([B, max_tokens, D]). ``step_callback(done, total)`` is called after
-        each transformer layer of each batch chunk; an exception it raises aborts the encode."""
-        input_ids, attention_mask, counts, truncated = self.tokenize(texts, max_tokens)
+        each transformer layer of each batch chunk; an exception it raises aborts the encode.
+
+        ``recipe``: encode exactly as it says (its prefix, max_tokens, hidden layer and template win
+        over ``max_tokens`` and this encoder's own settings, for this call only; nothing is changed
+        on the encoder). It must be of this LLM's kind. The result's ``recipe`` is what was used."""
+        texts = _as_prompt_list(texts)
+        _check_max_tokens(max_tokens)
+        recipe = self._resolve(recipe, max_tokens)
+        input_ids, attention_mask, counts, truncated = self._tokenize(texts, recipe)
         device = self.device
         chunks = list(zip(input_ids.split(BATCH_CHUNK), attention_mask.split(BATCH_CHUNK)))
         hooks = []
@@ -104,7 +164,8 @@ class LLMEncoder:
             hooks = [layer.register_forward_hook(report) for layer in self.layers]
         try:
             with torch.no_grad():
-                outputs = [self._forward(ids.to(device), mask.to(device)) for ids, mask in chunks]
+                outputs = [self._forward(ids.to(device), mask.to(device), recipe.hidden_layer)
+                           for ids, mask in chunks]
         finally:
             for hook in hooks:
                 hook.remove()
@@ -112,15 +173,21 @@ class LLMEncoder:
         if not torch.isfinite(hidden).all():  # NaNs would reach the UNet as a black image, silently
             raise LLM4GENError(f"{self.source}: the LLM gave NaN or infinite features (its weights overflow in "
                                f"{self.dtype}); load it in fp32 or bf16")
-        return EncodedText(hidden, attention_mask.to(device), input_ids.to(device), counts, truncated)
+        return EncodedText(hidden, attention_mask.to(device), input_ids.to(device), counts, truncated, recipe)
 
-    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.kind == "t5-encoder":
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.hidden_layer == -1:
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden_layer: int) -> torch.Tensor:
+        if hidden_layer == -1:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states[self.hidden_layer]
+        return out.hidden_states[hidden_layer]
+
+
+KIND_NAMES = {"t5-encoder": "T5 encoder", "decoder": "decoder-only LLM"}  # recipe kinds, for messages
+
+
+def _check_max_tokens(max_tokens) -> None:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise LLM4GENError(f"max_tokens must be a positive integer, got {max_tokens!r}")
 
 
 def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer: int = -1,
@@ -134,7 +201,8 @@ def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer
     dtype: None/"auto" (fp32 on CPU; bf16 on CUDA where supported, else fp16), "fp32", "bf16",
         "fp16" or a torch dtype. device: None (CUDA if available, else CPU) or a torch device.
     hidden_layer / template ("plain" | "chat"): which hidden state, and how the prompt is wrapped,
-        for decoder-only LLMs; T5 encoders ignore them and give their last hidden state.
+        for decoder-only LLMs; T5 encoders ignore them and give their last hidden state (an
+        adapter's recipe passed to ``encode`` may still ask a T5 for another layer).
         hidden_layer -1 is the last (after the final norm), k is ``hidden_states[k]`` (0: the
         embeddings). prefix: put before every prompt; None = "pre " for T5, "" for decoders.
     """

@@ -240,10 +240,7 @@ class HFTokenizer:
             self.inner = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
         except Exception as exc:  # OSError, ValueError, ImportError for a missing backend, ...
             raise LLMLoadError(f"{path}: cannot load the tokenizer ({first_line(exc)})") from None
-        if template not in ("plain", "chat"):
-            raise LLMLoadError(f"template must be 'plain' or 'chat', got {template!r}")
-        if template == "chat" and not getattr(self.inner, "chat_template", None):
-            raise LLMLoadError(f"{path}: template 'chat' asked for, but this tokenizer has no chat template; use 'plain'")
+        self.check_template(template)
         self.template = template
         pad = self.inner.pad_token_id
         self.pad_id = pad if pad is not None else (self.inner.eos_token_id or 0)
@@ -252,8 +249,17 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return len(self.inner)
 
-    def tokenize(self, text: str) -> list[int]:
-        if self.template == "chat":
+    def check_template(self, template: str) -> None:
+        """Raise unless this tokenizer can wrap prompts with ``template`` ("plain" or "chat")."""
+        if template not in ("plain", "chat"):
+            raise LLMLoadError(f"template must be 'plain' or 'chat', got {template!r}")
+        if template == "chat" and not getattr(self.inner, "chat_template", None):
+            raise LLMLoadError(f"{self.source}: template 'chat' asked for, but this tokenizer has no chat template; "
+                               "use 'plain'")
+
+    def tokenize(self, text: str, template: str | None = None) -> list[int]:
+        """Ids of ``text``, wrapped in ``template`` (default: the one this tokenizer was loaded with)."""
+        if (template or self.template) == "chat":
             try:
                 text = self.inner.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                       add_generation_prompt=False)

@@ -4,15 +4,24 @@ Both turn CLIP conditioning into LLM4GEN conditioning entry by entry: the CLIP t
 ``[tensor, dict]`` go through the Cross-Adapter with the LLM features, and the dict is copied
 with every key kept (pooled output, areas, masks, strengths, timestep ranges, ControlNets,
 hooks). Inputs are never modified.
+
+An adapter decides how its LLM features are made: its file's LLM recipe (none recorded: the
+release's, :data:`RELEASE`). Features from LLM Encode made another way (another max_tokens, say)
+are encoded again from the same text through the same LLM, as the adapter's recipe says; an LLM
+of another kind or width than the adapter's is an error.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 
 from comfy_api.latest import io
 
+from ..llm4gen_core import RELEASE, LLM4GENError
+from ..llm4gen_core.llm import KIND_NAMES
+from .encode import encode_texts
 from .patching import load_for_inference
 from .types import LLM4GENAdapter, LLM4GENEmbeds, LoadedAdapter
 
@@ -48,6 +57,7 @@ def fuse_conditioning(conditioning: list, adapter: LoadedAdapter, llm_embeds, st
     """New CONDITIONING whose tensors are the CAM's fusion of each entry's CLIP tokens."""
     if not conditioning:
         raise ValueError("the conditioning input is empty: connect a CLIP Text Encode (or similar) output")
+    llm_embeds = embeds_for_adapter(adapter, llm_embeds)
     load_for_inference(adapter.patcher)
     llm = llm_embeds.hidden_states
     fused_entries = []
@@ -66,6 +76,57 @@ def fuse_conditioning(conditioning: list, adapter: LoadedAdapter, llm_embeds, st
                                "strength": strength, "adapter": adapter.name}
         fused_entries.append([fused, new_options])
     return fused_entries
+
+
+def embeds_for_adapter(adapter: LoadedAdapter, embeds):
+    """``embeds`` if they were encoded as the adapter's recipe says, else the same text encoded
+    again that way through the same LLM. Features that do not say how they were made (not from
+    LLM Encode) are used as they are."""
+    recorded = getattr(adapter.adapter, "recipe", None)
+    wanted = recorded or RELEASE
+    used = getattr(embeds, "recipe", None)
+    if used is None or not used.differences(wanted):
+        return embeds
+    if recorded is not None:
+        trained = f"adapter {adapter.name} was trained with"
+        trained_llm = f"{wanted.llm_name or 'an LLM'} (a {KIND_NAMES[wanted.kind]})"
+    else:
+        trained = f"adapter {adapter.name} records no LLM recipe, so the release's applies:"
+        trained_llm = "RankGen's T5-XL encoder (a T5 encoder)"
+    loaded, texts = getattr(embeds, "loaded_llm", None), getattr(embeds, "texts", ())
+    llm = loaded.llm if loaded is not None else None
+    llm_name = loaded.name if loaded is not None else (used.llm_name or "another LLM")
+    if used.kind != wanted.kind:
+        raise LLM4GENError(
+            f"{trained} {trained_llm}, but the LLM features come from {llm_name} (a {KIND_NAMES[used.kind]}): "
+            "load the adapter's LLM in Load LLM (LLM4GEN), or use an adapter trained on this LLM"
+        )
+    llm_dim = adapter.adapter.config.llm_dim
+    if llm is not None and llm.hidden_size != llm_dim:
+        raise LLM4GENError(
+            f"LLM features are {llm.hidden_size} wide but this Cross-Adapter expects {llm_dim}: {trained} "
+            f"{trained_llm}, and {llm_name} is not it; load the adapter's LLM in Load LLM (LLM4GEN)"
+        )
+    changed = [f.name for f in dataclasses.fields(wanted) if f.name != "llm_name"
+               and getattr(wanted, f.name) != getattr(used, f.name)]
+    if llm is None or not texts:
+        raise LLM4GENError(
+            f"{trained} {_settings(wanted, changed)}, but these LLM features were encoded with "
+            f"{_settings(used, changed)} and do not carry their text and LLM to be encoded again: feed the "
+            "fusing node from LLM Encode"
+        )
+    several = len(changed) > 1
+    log.info("LLM4GEN: %s %s; LLM Encode's %s %s overridden (the text is encoded again as the adapter needs)",
+             trained, _settings(wanted, changed), _settings(used, changed, with_names=several),
+             "are" if several else "is")
+    return encode_texts(loaded, list(texts), wanted.max_tokens, recipe=wanted)
+
+
+def _settings(recipe, names: list[str], *, with_names: bool = True) -> str:
+    """'max_tokens 128, prefix ""': the named fields of a recipe, for a message."""
+    def value(v):
+        return str(v) if isinstance(v, int) else repr(v)
+    return ", ".join(f"{n} {value(getattr(recipe, n))}" if with_names else value(getattr(recipe, n)) for n in names)
 
 
 def _clip_part(cond: torch.Tensor, options: dict, clip_tokens: str, index: int) -> torch.Tensor:

@@ -9,6 +9,8 @@ from typing import Any
 
 from comfy_api.latest import io
 
+from ..llm4gen_core import EncodedText
+
 LLM4GENLLM = io.Custom("LLM4GEN_LLM")
 LLM4GENAdapter = io.Custom("LLM4GEN_ADAPTER")
 LLM4GENEmbeds = io.Custom("LLM4GEN_EMBEDS")
@@ -30,3 +32,13 @@ class LoadedAdapter:
     adapter: Any      # llm4gen_core.CrossAdapter
     patcher: Any
     name: str
+
+
+@dataclass
+class LLMEmbeds(EncodedText):
+    """What "LLM Encode" hands on: the features (an ``EncodedText``, whose ``recipe`` says how they
+    were encoded) and what is needed to encode the same text again, should an adapter's recorded
+    recipe differ. The fusing nodes also take a bare ``EncodedText`` (nothing to encode again)."""
+
+    texts: tuple[str, ...] = ()          # the prompts, one per batch row
+    loaded_llm: LoadedLLM | None = None  # the LLM that encoded them

@@ -2,6 +2,8 @@
 UNet receives, the diffusers-format UNet, and bad input that must not take the server down."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -195,6 +197,124 @@ def test_batch_one_broadcasts_and_other_mismatches_are_clear(comfy_inprocess, ll
     two = dataclasses.replace(embeds, hidden_states=embeds.hidden_states.expand(2, -1, -1))
     with pytest.raises(ValueError, match="batch sizes do not match: 3 CLIP prompts and 2 LLM prompts"):
         apply.execute(cond, adapter, two, 1.0, "first 77 (release)", "clip")
+
+
+# --- the LLM recipe an adapter records decides how the text is encoded ------------------------
+
+OVERRIDDEN = "(the text is encoded again as the adapter needs)"
+
+
+def _adapter_with_recipe(comfy_base, llm4gen_models, folder, name, recipe, cfg=None):
+    """The tests' CAM (the same weights, unless ``cfg`` asks for other dims) saved with ``recipe``."""
+    from llm4gen_core import read_cross_adapter_file, save_cross_adapter
+    from synthetic.cam import cam_state
+
+    state, adapter_cfg, _ = read_cross_adapter_file(llm4gen_models.adapter_path)
+    if cfg is not None:
+        state, adapter_cfg = cam_state(cfg, seed=5), cfg
+    save_cross_adapter(state, folder / name, adapter_cfg, recipe=recipe)
+    return comfy_base.place("llm4gen", folder / name), folder / name
+
+
+@pytest.fixture(scope="module")
+def recipe64_adapter(comfy_base, llm4gen_models, tmp_path_factory):
+    from llm4gen_core import LLMRecipe
+
+    recipe = LLMRecipe(max_tokens=64, llm_name=llm4gen_models.llm_path.name)
+    return _adapter_with_recipe(comfy_base, llm4gen_models, tmp_path_factory.mktemp("recipe-cam"),
+                                "recipe64-cam.safetensors", recipe)
+
+
+def _overridden(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "LLM4GEN" and OVERRIDDEN in r.getMessage()]
+
+
+@pytest.mark.parametrize("graph", [lg.with_apply, lg.with_cross_adapter], ids=["apply", "clip-llm"])
+def test_adapter_recipe_decides_the_llm_encoding(comfy_inprocess, sd15_checkpoint, llm4gen_models, reference,
+                                                 recipe64_adapter, graph, caplog):
+    """An adapter trained at 64 tokens, fed LLM Encode's 256: the fusing node encodes the same text
+    again at 64 through the same LLM, so the UNet gets 77 + 64 tokens, as training computed them."""
+    name, path = recipe64_adapter
+    prompt = graph(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="recipe"), llm4gen_models.llm, name, max_tokens=256)
+    with caplog.at_level(logging.INFO, logger="LLM4GEN"):
+        result = comfy_inprocess.run(prompt)
+    llm, adapter = reference[0], load_cross_adapter(path)
+    assert adapter.recipe.max_tokens == 64
+    calls = result.records("unet")
+    assert len(calls) == 2
+    for call in calls:
+        assert call["context_shape"] == [2, 77 + 64, 768]
+        for side, text in (("positive", POSITIVE), ("negative", "")):
+            context = rows_by_side(call)[side]
+            with torch.no_grad():
+                expected = adapter(context[:, :77].float(), llm.encode([text], max_tokens=64).hidden_states)
+            assert (context.float() - expected).abs().max().item() < 1e-4, side
+    assert comfy_inprocess.node_output(lg.ENC_POS)[0].hidden_states.shape[1] == 256, "LLM Encode's own output is kept"
+    assert _overridden(caplog) == [f"LLM4GEN: adapter {name} was trained with max_tokens 64; LLM Encode's 256 is "
+                                   f"overridden {OVERRIDDEN}"] * 2  # once per fusing node (positive, negative)
+    progress = [data for event, data in result.events if event == "progress" and data.get("node") == lg.FUSE_POS]
+    assert progress and progress[-1]["value"] == progress[-1]["max"], "the re-encode reports progress"
+
+
+def test_release_style_adapter_fuses_as_before(comfy_inprocess, llm4gen_models, caplog):
+    """An adapter that records no recipe is the release's: LLM Encode's 256 tokens are fused exactly
+    as they come (no second encode); another length is encoded again at the release's 256."""
+    node = comfy_inprocess.node_class
+    llm = node("LLM4GENLoadLLM").execute(llm4gen_models.llm, "auto", "default")[0]
+    adapter = node("LLM4GENLoadCrossAdapter").execute(llm4gen_models.adapter)[0]
+    encode, apply = node("LLM4GENLLMEncode"), node("LLM4GENApplyConditioning")
+    assert adapter.adapter.recipe is None
+    cond = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1)), {}]]
+    embeds = encode.execute(llm, POSITIVE, 256)[0]
+    with caplog.at_level(logging.INFO, logger="LLM4GEN"):
+        fused = apply.execute(cond, adapter, embeds, 1.0, "first 77 (release)", "clip")[0][0][0]
+    with torch.no_grad():
+        expected = adapter.adapter(cond[0][0], embeds.hidden_states)
+    assert torch.equal(fused, expected) and fused.shape == (1, 333, 768)
+    assert _overridden(caplog) == []
+    with caplog.at_level(logging.INFO, logger="LLM4GEN"):
+        again = apply.execute(cond, adapter, encode.execute(llm, POSITIVE, 64)[0], 1.0, "first 77 (release)", "clip")
+    assert torch.equal(again[0][0][0], expected)
+    assert _overridden(caplog) == [f"LLM4GEN: adapter {llm4gen_models.adapter} records no LLM recipe, so the "
+                                   f"release's applies: max_tokens 256; LLM Encode's 64 is overridden {OVERRIDDEN}"]
+
+
+def test_recipe_that_cannot_be_reconciled_is_one_clear_error(comfy_inprocess, comfy_base, llm4gen_models,
+                                                              tmp_path, recipe64_adapter):
+    """The error is ValueError here: ComfyUI imports the pack under another module name, so its
+    LLM4GENError is not the class the tests import (it is a ValueError in both)."""
+    import dataclasses
+
+    from llm4gen_core import CrossAdapterConfig, EncodedText, LLMRecipe
+
+    node = comfy_inprocess.node_class
+    llm = node("LLM4GENLoadLLM").execute(llm4gen_models.llm, "auto", "default")[0]
+    embeds = node("LLM4GENLLMEncode").execute(llm, "a cat", 256)[0]
+    apply = node("LLM4GENApplyConditioning")
+    cond = [[torch.zeros(1, 77, 768), {}]]
+
+    def fuse(adapter_name, llm_embeds=embeds):
+        adapter = node("LLM4GENLoadCrossAdapter").execute(adapter_name)[0]
+        return apply.execute(cond, adapter, llm_embeds, 1.0, "first 77 (release)", "clip")
+
+    kind, _ = _adapter_with_recipe(comfy_base, llm4gen_models, tmp_path, "qwen-cam.safetensors",
+                                   LLMRecipe("decoder", "", 128, -1, "chat", "Qwen3-0.6B"))
+    with pytest.raises(ValueError, match=rf"adapter {kind} was trained with Qwen3-0\.6B \(a decoder-only LLM\), "
+                                           rf"but the LLM features come from {llm4gen_models.llm} \(a T5 encoder\)"):
+        fuse(kind)
+    wide, _ = _adapter_with_recipe(comfy_base, llm4gen_models, tmp_path, "wide-cam.safetensors",
+                                   LLMRecipe(max_tokens=64, llm_name="bigger-t5"),
+                                   CrossAdapterConfig(clip_dim=768, llm_dim=48, heads=8, ffn_dim=96))
+    with pytest.raises(ValueError, match=rf"LLM features are {llm4gen_models.llm_dim} wide but this Cross-Adapter "
+                                           rf"expects 48: adapter {wide} was trained with bigger-t5 \(a T5 encoder\), "
+                                           rf"and {llm4gen_models.llm} is not it"):
+        fuse(wide)
+    # features that do not carry their text (a bare EncodedText) cannot be encoded again
+    bare = EncodedText(**{f.name: getattr(embeds, f.name) for f in dataclasses.fields(EncodedText)})
+    with pytest.raises(ValueError, match=r"was trained with max_tokens 64, but these LLM features were encoded "
+                                           r"with max_tokens 256 and do not carry their text"):
+        fuse(recipe64_adapter[0], bare)
+    assert fuse(llm4gen_models.adapter, bare)[0][0][0].shape == (1, 333, 768), "equal recipes: used as they are"
 
 
 # --- bad input: a clear error in /history, and the server keeps serving ---------------------

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from llm4gen_core import CheckpointError, CrossAdapterConfig, load_cross_adapter, read_cross_adapter_state
 from llm4gen_core.checkpoint import LAYERS, save_cross_adapter
 from llm4gen_core.convert import convert, main as convert_main
+from llm4gen_core.recipe import RELEASE as RELEASE_RECIPE
 from synthetic.cam import RELEASE, cam_state, write_projector_pth
 
 SMALL = CrossAdapterConfig(clip_dim=32, llm_dim=48, heads=4, ffn_dim=128, depth=1)
@@ -230,3 +231,41 @@ def test_wrong_shape_error_names_key_and_shapes(tmp_path):
     torch.save(state, tmp_path / "p.pth")
     with pytest.raises(CheckpointError, match=r"FFN\.2\.weight has shape \[32, 100\], expected \[32, 128\]"):
         load_cross_adapter(tmp_path / "p.pth")
+
+
+# --- the LLM recipe an adapter records ------------------------------------------------------
+
+def test_recipe_metadata_round_trips(tmp_path):
+    from llm4gen_core import LLMRecipe, read_cross_adapter_file
+
+    recipe = LLMRecipe(kind="decoder", prefix="Describe: ", max_tokens=77, hidden_layer=-2, template="chat",
+                       llm_name="Qwen3-0.6B")
+    save_cross_adapter(cam_state(SMALL), tmp_path / "trained.safetensors", SMALL, recipe=recipe)
+    assert load_cross_adapter(tmp_path / "trained.safetensors").recipe == recipe
+    assert read_cross_adapter_file(tmp_path / "trained.safetensors")[2] == recipe
+    # converting it again keeps the recipe
+    convert(tmp_path / "trained.safetensors", tmp_path / "copy.safetensors")
+    assert load_cross_adapter(tmp_path / "copy.safetensors").recipe == recipe
+    # files that record none: a safetensors copy of the release, and the release's projector.pth
+    save_cross_adapter(cam_state(SMALL), tmp_path / "plain.safetensors", SMALL)
+    write_projector_pth(tmp_path / "projector.pth", SMALL)
+    assert load_cross_adapter(tmp_path / "plain.safetensors").recipe is None
+    assert load_cross_adapter(tmp_path / "projector.pth", heads=4).recipe is None
+    assert read_cross_adapter_file(tmp_path / "projector.pth", heads=4)[2] is None
+
+
+@pytest.mark.parametrize("metadata, problem", [
+    ({"llm4gen.llm.max_tokens": "many"}, "max_tokens is not an integer: 'many'"),
+    ({"llm4gen.llm.max_tokens": "0"}, "max_tokens must be positive"),
+    ({"llm4gen.llm.hidden_layer": "-1.5"}, "hidden_layer is not an integer"),
+    ({"llm4gen.llm.kind": "rnn"}, "kind must be one of"),
+    ({"llm4gen.llm.template": "fancy"}, "template must be one of"),
+], ids=["max_tokens-text", "max_tokens-zero", "hidden_layer-float", "kind", "template"])
+def test_malformed_recipe_metadata_names_the_file(tmp_path, metadata, problem):
+    path = tmp_path / "edited-adapter.safetensors"
+    good = {"format": "pt", "llm4gen.heads": "4", **RELEASE_RECIPE.to_metadata()}
+    save_file(cam_state(SMALL), str(path), metadata={**good, **metadata})
+    for read in (load_cross_adapter, read_cross_adapter_state):
+        with pytest.raises(CheckpointError, match="malformed LLM recipe") as err:
+            read(path)
+        assert str(path) in str(err.value) and problem in str(err.value)

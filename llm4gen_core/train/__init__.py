@@ -8,14 +8,16 @@ The text path is the inference path: LLM features from :mod:`llm4gen_core.llm`, 
 hidden state, the CAM of :mod:`llm4gen_core.cam`; what is written loads in the nodes unchanged.
 
 Modules, one job each:
-- ``cli``: the command line, turned into a :class:`~.config.TrainConfig`.
-- ``data``: image/caption datasets (imagefolder + metadata.jsonl, WebDataset shards), bad samples
-  skipped and counted, deterministic per-rank order that a resumed run continues.
+- ``cli``, ``config``: the command line, turned into a checked :class:`~.config.TrainConfig`.
+- ``data``: image/caption batches, endless, per rank, resumable; built on ``folder``
+  (imagefolder + metadata.jsonl), ``shards`` (WebDataset .tar), ``images`` (decoding and its
+  limits), ``samples`` (the types) and ``skips`` (bad samples counted, most-bad stops the run).
 - ``base``: the frozen parts of the base model (diffusers folder or single file).
 - ``single_file``: an SD1.x single-file checkpoint (.safetensors/.ckpt) as diffusers modules.
 - ``unet_layout``: UNet key names between diffusers and ComfyUI's (ldm) layout.
 - ``text``: captions to UNet context, exactly as the nodes compute it (CFG dropout included).
-- ``loop``: the accelerate training loop (loss, min-SNR, EMA, mixed precision).
+- ``loop``: the accelerate training loop (loss, min-SNR, mixed precision); ``ema``; ``entity``
+  (the entity-guided regularisation, our reading); ``cache`` (--cache-dir features on disk).
 - ``state``: atomic checkpoints and resume.
 - ``export``: adapter.safetensors (with the LLM recipe), unet/ and lora.safetensors.
 

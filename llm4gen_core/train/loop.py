@@ -35,7 +35,7 @@ from .base import load_base
 from .cache import FeatureCache
 from .config import TrainConfig
 from .ema import EMA
-from .text import FrozenTextEncoders, drop_captions, recipe_of
+from .text import FrozenTextEncoders, drop_captions
 
 log = logging.getLogger("llm4gen.train")
 LOG_FILE = "train_log.jsonl"
@@ -81,7 +81,7 @@ def train(cfg: TrainConfig) -> Path:
     llm = load_llm(cfg.llm, tokenizer_path=cfg.tokenizer, dtype=cfg.llm_dtype, device=device,
                    hidden_layer=cfg.llm_hidden_layer, template=cfg.llm_template, prefix=cfg.llm_prefix)
     llm.model.requires_grad_(False).eval()
-    recipe = recipe_of(llm, cfg.llm_max_tokens)
+    recipe = llm.recipe(cfg.llm_max_tokens)
     for frozen in (base.vae, base.text_encoder):
         frozen.requires_grad_(False).eval().to(device, weight_dtype)
     cam = _make_cam(cfg, base.clip_dim, llm.hidden_size).to(device)

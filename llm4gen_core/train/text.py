@@ -37,7 +37,7 @@ class FrozenTextEncoders:
 
     @torch.no_grad()
     def llm_features(self, texts: Sequence[str]) -> torch.Tensor:
-        return self.llm.encode(list(texts), max_tokens=self.recipe.max_tokens).hidden_states
+        return self.llm.encode(list(texts), recipe=self.recipe).hidden_states
 
     def features(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.clip_features(texts), self.llm_features(texts)
@@ -59,12 +59,3 @@ def drop_captions(clip: torch.Tensor, llm: torch.Tensor, drop: torch.Tensor,
     clip = torch.where(keep[:, None, None], clip, empty_clip.expand_as(clip))
     llm = torch.where(keep.to(llm.device)[:, None, None], llm, empty_llm.expand_as(llm))
     return clip, llm
-
-
-def recipe_of(llm: LLMEncoder, max_tokens: int) -> LLMRecipe:
-    """How ``llm`` encodes: recorded in the adapter so the nodes encode the same way."""
-    from pathlib import Path
-
-    template = getattr(llm.tokenizer, "template", "plain")
-    return LLMRecipe(kind=llm.kind, prefix=llm.prefix, max_tokens=max_tokens, hidden_layer=llm.hidden_layer,
-                     template=template, llm_name=Path(llm.source).name)

@@ -77,7 +77,8 @@ def parser() -> argparse.ArgumentParser:
     opt.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS, help="adam8bit needs bitsandbytes")
     opt.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
     opt.add_argument("--seed", type=int, default=0)
-    opt.add_argument("--mixed-precision", default="no", choices=PRECISIONS)
+    opt.add_argument("--mixed-precision", default="auto", choices=PRECISIONS, help="auto: bf16 on GPUs with bf16 "
+                     "(else fp16) and on CPUs with native bf16; fp32 (no) on other CPUs, where bf16 is very slow")
     opt.add_argument("--gradient-checkpointing", action="store_true", help="less memory, more time (UNet)")
     opt.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting (5.0 is common)")
     opt.add_argument("--ema", action="store_true", help="keep an exponential moving average of the trained "

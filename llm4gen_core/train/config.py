@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import LLM4GENError
 
 MODES = ("cam", "cam+lora", "cam+unet")
-PRECISIONS = ("no", "fp16", "bf16")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adam8bit")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "cosine", "linear")
 UNET_FORMATS = ("diffusers", "comfyui", "both")
@@ -54,7 +54,7 @@ class TrainConfig:
     optimizer: str = "adamw"
     max_steps: int = 1000
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.1
     snr_gamma: float | None = None  # min-SNR weighting (5.0 is the paper's value); None: plain MSE

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from ..checkpoint import load_cross_adapter
 from ..errors import LLM4GENError
 from ..llm import load_llm
 from . import data as data_module
-from . import entity, export, state
+from . import entity, export, precision, state
 from .base import load_base
 from .cache import FeatureCache
 from .config import TrainConfig
@@ -65,13 +66,14 @@ def train(cfg: TrainConfig) -> Path:
 
     # cpu=True where there is no accelerator: then several processes (accelerate launch --multi_gpu, torchrun)
     # run DDP over gloo; accelerate's own --cpu flag starts only one process.
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.accelerator.is_available())
-    _check_precision(cfg, accelerator.device)
+    mixed_precision, why = precision.for_this_machine(cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.accelerator.is_available())
     main = accelerator.is_main_process
     logging.basicConfig(level=logging.INFO if main else logging.WARNING, format="%(message)s")
+    log.info("mixed precision: %s (%s)", "fp32" if mixed_precision == "no" else mixed_precision, why)
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise LLM4GENError("DeepSpeed is not supported by this trainer's checkpoints yet; use DDP (multi_gpu.yaml)")
-    device, weight_dtype = accelerator.device, PRECISION_DTYPES[cfg.mixed_precision]
+    device, weight_dtype = accelerator.device, PRECISION_DTYPES[mixed_precision]
     torch.manual_seed(cfg.seed)  # fresh weights (CAM, LoRA) start the same in every process and run
     output = cfg.output
     output.mkdir(parents=True, exist_ok=True)
@@ -136,14 +138,17 @@ def train(cfg: TrainConfig) -> Path:
     if main:
         log.info("training %s: %s params on %s, %d process(es), batch %d x %d accum, %s",
                  cfg.train, f"{sum(p.numel() for p in trainable.values()):,}", device, accelerator.num_processes,
-                 cfg.batch_size, cfg.grad_accum, "mixed " + cfg.mixed_precision if cfg.mixed_precision != "no" else "fp32")
+                 cfg.batch_size, cfg.grad_accum, "fp32" if mixed_precision == "no" else "mixed " + mixed_precision)
 
     scheduler = base.scheduler
     progress = _Progress(main, cfg.max_steps, step)
     while step < cfg.max_steps:
         losses, entity_losses, keys = [], [], []
+        started, data_wait = time.perf_counter(), 0.0
         for accum_index in range(cfg.grad_accum):
+            waited = time.perf_counter()
             batch = next(batches)
+            data_wait += time.perf_counter() - waited
             tally.add(batch)
             tally.check()
             keys += batch.keys
@@ -180,7 +185,8 @@ def train(cfg: TrainConfig) -> Path:
                                "instead of fp16 mixed precision")
         if main:
             record = {"step": step, "loss": step_loss, "lr": lr_schedule.get_last_lr()[0],
-                      "samples": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes}
+                      "samples": step * cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+                      "step_s": round(time.perf_counter() - started, 4), "data_s": round(data_wait, 4)}
             if entity_loss is not None:
                 record["entity_loss"] = entity_loss
             if sample_keys is not None:
@@ -253,12 +259,6 @@ def _optimizer(cfg: TrainConfig, denoiser: Denoiser):
             raise LLM4GENError("--optimizer adam8bit needs bitsandbytes (pip install bitsandbytes)") from None
         return bnb.optim.AdamW8bit(groups, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-
-
-def _check_precision(cfg: TrainConfig, device: torch.device) -> None:
-    if device.type == "cpu" and cfg.mixed_precision == "fp16":
-        raise LLM4GENError("--mixed-precision fp16 needs a GPU; on the CPU use no (fp32) or bf16 where the CPU "
-                           "has native bf16 (AVX512-BF16/AMX)")
 
 
 def _load_trainable(denoiser: Denoiser, weights: dict, where: Path) -> None:

@@ -109,7 +109,7 @@ def build_all(folder: Path) -> TinyTraining:
 
 
 def train_args(tiny: TinyTraining, output: Path, *extra: str, steps: int = 4, mode: str = "cam") -> list[str]:
-    """Command-line flags for a short run on the tiny set."""
+    """Command-line flags for a short run on the tiny set, in fp32 (numbers comparable on every CPU)."""
     return ["--base", str(tiny.base), "--llm", str(tiny.llm), "--tokenizer", str(tiny.t5_tokenizer),
             "--data", str(tiny.data), "--train", mode, "--output", str(output), "--resolution", str(RESOLUTION),
-            "--batch-size", "2", "--max-steps", str(steps), *extra]
+            "--batch-size", "2", "--max-steps", str(steps), "--mixed-precision", "no", *extra]

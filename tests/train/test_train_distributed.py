@@ -1,6 +1,7 @@
-"""The distributed path for real: two processes from `accelerate launch --num_processes 2`, DDP over gloo
-on this CPU-only machine. (accelerate 1.x's `--cpu` flag would start one process only; without a GPU
-the trainer runs each launched process on the CPU by itself.)"""
+"""The distributed path for real: the shipped multi_gpu.yaml launched with `accelerate launch
+--num_processes 2` runs two processes, DDP over gloo on this CPU-only machine. (accelerate 1.x's
+`--cpu` flag would start one process only; without a GPU the trainer puts each launched process on
+the CPU by itself.)"""
 from __future__ import annotations
 
 import json
@@ -25,8 +26,8 @@ def test_two_processes_train_on_different_samples_and_write_once(tiny, tmp_path)
     out = tmp_path / "ddp"
     args = train_args(tiny, out, "--log-samples", "--checkpoint-every", "2", "--lr", "1e-3", steps=4, mode="cam+unet")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    config = REPO / "llm4gen_core" / "train" / "accelerate" / "multi_gpu.yaml"  # the file users launch with
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes", "2",
               "-m", "llm4gen_core.train", *args]
     done = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -49,3 +50,13 @@ def test_two_processes_train_on_different_samples_and_write_once(tiny, tmp_path)
     for key, value in adapter.state_dict().items():
         assert torch.equal(value, weights["cam." + key])
     assert "done: 4 steps" in done.stderr
+
+
+@pytest.mark.parametrize("name, kind, processes, machines", [
+    ("one_gpu", "NO", 1, 1), ("multi_gpu", "MULTI_GPU", 2, 1), ("multi_node", "MULTI_GPU", 16, 2)])
+def test_shipped_accelerate_configs_are_valid(name, kind, processes, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(REPO / "llm4gen_core" / "train" / "accelerate" / f"{name}.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.num_machines) == (kind, processes, machines)
+    assert config.mixed_precision == "no"  # the trainer's --mixed-precision decides, per device

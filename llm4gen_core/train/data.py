@@ -129,6 +129,8 @@ class BatchMaker:
             keys=[example.key for example in chosen],
             skipped=list(skipped.items()),
             epoch=self.stream.epoch_of(first)[0],
+            original_sizes=[example.original_size for example in chosen],
+            crop_top_lefts=[example.crop_top_left for example in chosen],
         )
 
     def _load(self, slot: int):

@@ -142,10 +142,11 @@ class FolderDataset:
             return Skipped(record.file_name, MISSING_FILE, str(error))
         except OSError as error:
             return Skipped(record.file_name, UNREADABLE_IMAGE, f"{type(error).__name__}: {error}")
-        pixels = decode_image(data, self.rules, sample_rng(seed, epoch, record.file_name))
-        if isinstance(pixels, ImageProblem):
-            return Skipped(record.file_name, pixels.reason, pixels.detail)
-        return Example(pixels, record.text, list(record.pairs), record.file_name)
+        image = decode_image(data, self.rules, sample_rng(seed, epoch, record.file_name))
+        if isinstance(image, ImageProblem):
+            return Skipped(record.file_name, image.reason, image.detail)
+        return Example(image.pixels, record.text, list(record.pairs), record.file_name,
+                       image.original_size, image.crop_top_left)
 
     def stream(self, *, rank: int, world_size: int, seed: int) -> FolderStream:
         return FolderStream(self, rank=rank, world_size=world_size, seed=seed)

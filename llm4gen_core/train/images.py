@@ -51,8 +51,16 @@ class ImageRules:
     random_flip: bool = False
 
 
-def decode_image(data: bytes, rules: ImageRules, rng: random.Random) -> torch.Tensor | ImageProblem:
-    """``data`` (the whole file) to a [3, R, R] float32 tensor in [-1, 1].
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: torch.Tensor               # [3, R, R] float32 in [-1, 1]
+    original_size: tuple[int, int]     # (height, width) as stored (upright)
+    crop_top_left: tuple[int, int]     # (top, left) of the crop in the resized image
+
+
+def decode_image(data: bytes, rules: ImageRules, rng: random.Random) -> DecodedImage | ImageProblem:
+    """``data`` (the whole file) to a [3, R, R] float32 tensor in [-1, 1], with the original size
+    and the crop's corner (what SDXL conditions on).
 
     ``rng`` is the sample's own generator: random crop and flip must not depend on global state,
     so that a run, its resumption and its data-loader workers all produce the same pixels.
@@ -74,20 +82,25 @@ def decode_image(data: bytes, rules: ImageRules, rng: random.Random) -> torch.Te
         if min(width, height) < rules.min_image_size:
             return ImageProblem(TOO_SMALL, f"{width}x{height}, shorter side below {rules.min_image_size}")
         try:
-            rgb = _to_rgb(image, rules.resolution)
+            rgb, original = _to_rgb(image, rules.resolution)
         except Exception as error:  # truncated or corrupt pixel data shows up only while decoding
             return ImageProblem(UNREADABLE_IMAGE, f"{type(error).__name__}: {error}")
-    return _to_tensor(_resize_and_crop(rgb, rules, rng))
+    cropped, corner = _resize_and_crop(rgb, rules, rng)
+    return DecodedImage(_to_tensor(cropped), original, corner)
 
 
-def _to_rgb(image: Image.Image, resolution: int) -> Image.Image:
-    """Decoded, upright, 8-bit RGB."""
+def _to_rgb(image: Image.Image, resolution: int) -> tuple[Image.Image, tuple[int, int]]:
+    """Decoded, upright, 8-bit RGB, and its (height, width) before any JPEG draft scaling."""
+    width, height = image.size
     if image.format == "JPEG":
         # JPEG can decode at 1/2, 1/4, 1/8 scale directly; draft keeps both sides >= resolution.
         image.draft("RGB", (resolution, resolution))
     image.load()
     try:
-        image = ImageOps.exif_transpose(image)
+        upright = ImageOps.exif_transpose(image)
+        if upright.size[::-1] == image.size:  # rotated by 90 degrees: the original is turned too
+            width, height = height, width
+        image = upright
     except Exception:  # a damaged EXIF block: keep the image as stored
         pass
     if image.mode in _SIXTEEN_BIT_MODES:
@@ -98,11 +111,12 @@ def _to_rgb(image: Image.Image, resolution: int) -> Image.Image:
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    return image.convert("RGB"), (height, width)
 
 
-def _resize_and_crop(image: Image.Image, rules: ImageRules, rng: random.Random) -> Image.Image:
-    """Shorter side to R (bicubic), then an R x R crop (centre or seeded random), then maybe a flip."""
+def _resize_and_crop(image: Image.Image, rules: ImageRules, rng: random.Random) -> tuple[Image.Image, tuple[int, int]]:
+    """Shorter side to R (bicubic), then an R x R crop (centre or seeded random), then maybe a flip;
+    returns the image and the crop's (top, left) (mirrored when flipped, as seen in the result)."""
     size = rules.resolution
     width, height = image.size
     scale = size / min(width, height)
@@ -117,7 +131,8 @@ def _resize_and_crop(image: Image.Image, rules: ImageRules, rng: random.Random) 
     image = image.crop((left, top, left + size, top + size))
     if rules.random_flip and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return image
+        left = width - left - size
+    return image, (top, left)
 
 
 def _to_tensor(image: Image.Image) -> torch.Tensor:

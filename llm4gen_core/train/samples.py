@@ -16,6 +16,8 @@ class Example:
     text: str
     pairs: list[tuple[str, str]]      # entity-attribute pairs; [] when the sample has none
     key: str                          # stable id: the file_name, or "shard:key"
+    original_size: tuple[int, int] = (0, 0)    # (height, width) as stored, for SDXL's size conditioning
+    crop_top_left: tuple[int, int] = (0, 0)    # where the crop starts in the resized image
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class Batch:
     keys: list[str]
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (key, reason)
     epoch: int = 0
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)   # per sample, see Example
+    crop_top_lefts: list[tuple[int, int]] = field(default_factory=list)
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> random.Random:

@@ -314,11 +314,11 @@ class ShardStream:
             return Skipped(key, UNREADABLE_SHARD, f"{type(error).__name__}: {error}")
         if isinstance(caption, Skipped):
             return Skipped(key, caption.reason, caption.detail)
-        pixels = decode_image(data, self.dataset.rules, sample_rng(self.seed, epoch, key))
-        if isinstance(pixels, ImageProblem):
-            return Skipped(key, pixels.reason, pixels.detail)
+        image = decode_image(data, self.dataset.rules, sample_rng(self.seed, epoch, key))
+        if isinstance(image, ImageProblem):
+            return Skipped(key, image.reason, image.detail)
         text, pairs = caption
-        return Example(pixels, text, pairs, key)
+        return Example(image.pixels, text, pairs, key, image.original_size, image.crop_top_left)
 
     def _caption(self, number: int, group: Group):
         """(text, pairs) from the txt and/or json members, or a Skipped without key."""

@@ -21,7 +21,7 @@ from llm4gen_core.errors import DataError
 from llm4gen_core.train import folder as folder_module
 from llm4gen_core.train import shards as shards_module
 from llm4gen_core.train.data import Batch, SkipTally, batches, open_dataset
-from llm4gen_core.train.images import ImageProblem, ImageRules, decode_image
+from llm4gen_core.train.images import DecodedImage, ImageProblem, ImageRules, decode_image
 from llm4gen_core.train.samples import sample_rng
 
 
@@ -79,9 +79,23 @@ RULES = ImageRules(RESOLUTION, RESOLUTION // 2)
 
 
 def decode(image: Image.Image, fmt: str = "PNG", **options) -> torch.Tensor:
-    pixels = decode_image(encode(image, fmt, **options), RULES, sample_rng(0, 0, "x"))
-    assert isinstance(pixels, torch.Tensor), pixels
-    return pixels
+    decoded = decode_image(encode(image, fmt, **options), RULES, sample_rng(0, 0, "x"))
+    assert isinstance(decoded, DecodedImage), decoded
+    return decoded.pixels
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_original_size_and_crop_corner_are_reported(fmt):
+    """SDXL conditions on them: the stored size (before JPEG's reduced-scale decoding) and where the
+    crop starts in the resized image."""
+    wide = noise_image(3, (128, 64))
+    decoded = decode_image(encode(wide, fmt), RULES, sample_rng(0, 0, "x"))
+    assert decoded.original_size == (64, 128)
+    assert decoded.crop_top_left == (0, (RESOLUTION * 2 - RESOLUTION) // 2)
+    cropped = decode_image(encode(wide, fmt), ImageRules(RESOLUTION, RESOLUTION // 2, center_crop=False),
+                           sample_rng(0, 0, "y"))
+    top, left = cropped.crop_top_left
+    assert top == 0 and 0 <= left <= RESOLUTION
 
 
 def test_transparent_pixels_become_white_and_modes_become_rgb():

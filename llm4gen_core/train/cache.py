@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .text import TextFeatures
+
 CACHE_DTYPE = torch.float16
 
 
@@ -36,17 +38,18 @@ class FeatureCache:
     @classmethod
     def open(cls, cfg, base, llm, recipe) -> FeatureCache:
         source = Path(base.source)
-        parts = [source / "vae", source / "text_encoder", source / "tokenizer"] if source.is_dir() else [source]
+        parts = ([source / name for name in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+                  if (source / name).is_dir()] if source.is_dir() else [source])
         settings = {"recipe": recipe.to_metadata(), "resolution": cfg.resolution, "center_crop": cfg.center_crop,
                     "clip_tokenizer": str(cfg.clip_tokenizer), "llm_tokenizer": str(cfg.tokenizer),
-                    "llm_dtype": str(llm.dtype), "version": 1}
+                    "llm_dtype": str(llm.dtype), "version": 2}
         return cls(cfg.cache_dir / fingerprint([*parts, Path(llm.source)], settings))
 
     def _file(self, key: str) -> Path:
         return self.folder / (hashlib.sha1(key.encode()).hexdigest() + ".safetensors")
 
     def features(self, batch, base, text, device, weight_dtype):
-        """(latent moments [B, 8, h, w], clip [B, 77, Dc], llm [B, Tl, Dl]) for the batch."""
+        """(latent moments [B, 8, h, w], TextFeatures) for the batch."""
         from safetensors import safe_open
         from safetensors.torch import save_file
 
@@ -57,7 +60,7 @@ class FeatureCache:
                 try:
                     with safe_open(str(path), framework="pt") as f:
                         if f.metadata().get("caption_sha") == _sha(caption):
-                            found[i] = {name: f.get_tensor(name) for name in ("moments", "clip", "llm")}
+                            found[i] = {name: f.get_tensor(name) for name in f.keys()}
                 except (OSError, ValueError, RuntimeError):  # a damaged entry is recomputed
                     pass
         missing = [i for i in range(len(batch.keys)) if i not in found]
@@ -65,18 +68,24 @@ class FeatureCache:
             with torch.no_grad():
                 pixels = batch.pixel_values[missing].to(device, weight_dtype)
                 moments = base.vae.encode(pixels).latent_dist.parameters
-                clip, llm = text.features([batch.texts[i] for i in missing])
+                computed = text.features([batch.texts[i] for i in missing])
             for row, i in enumerate(missing):
-                entry = {"moments": moments[row], "clip": clip[row], "llm": llm[row]}
+                entry = {"moments": moments[row], "clip": computed.clip[row], "llm": computed.llm[row]}
+                if computed.pooled is not None:
+                    entry["pooled"] = computed.pooled[row]
                 entry = {k: v.detach().to("cpu", CACHE_DTYPE).contiguous() for k, v in entry.items()}
                 path = self._file(batch.keys[i])
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
                 save_file(entry, str(tmp), metadata={"key": batch.keys[i], "caption_sha": _sha(batch.texts[i])})
                 os.replace(tmp, path)
                 found[i] = entry
-        stacked = [torch.stack([found[i][name] for i in range(len(batch.keys))]) for name in ("moments", "clip", "llm")]
-        moments, clip, llm = stacked
-        return moments.to(device, torch.float32), clip.to(device, weight_dtype), llm.to(device, weight_dtype)
+        def stacked(name):
+            if name not in found[0]:
+                return None
+            return torch.stack([found[i][name] for i in range(len(batch.keys))]).to(device)
+
+        features = TextFeatures(stacked("clip"), stacked("llm"), stacked("pooled")).to(device, weight_dtype)
+        return stacked("moments").float(), features
 
 
 def _sha(text: str) -> str:

@@ -44,15 +44,16 @@ PRECISION_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bf
 
 
 class Denoiser(torch.nn.Module):
-    """The CAM feeding the UNet: the one module the optimizer (and DDP) sees."""
+    """The CAM feeding the UNet: the one module the optimizer (and DDP) sees. ``added`` is SDXL's
+    added conditioning (pooled text embeds and size/crop time ids), None for SD1.x."""
 
     def __init__(self, cam: CrossAdapter, unet: torch.nn.Module):
         super().__init__()
         self.cam, self.unet = cam, unet
 
-    def forward(self, noisy, timesteps, clip, llm):
+    def forward(self, noisy, timesteps, clip, llm, added=None):
         context = self.cam(clip, llm)
-        return self.unet(noisy, timesteps, encoder_hidden_states=context).sample
+        return self.unet(noisy, timesteps, encoder_hidden_states=context, added_cond_kwargs=added).sample
 
 
 def step_generator(seed: int, rank: int, micro_step: int) -> torch.Generator:
@@ -84,7 +85,7 @@ def train(cfg: TrainConfig) -> Path:
                    hidden_layer=cfg.llm_hidden_layer, template=cfg.llm_template, prefix=cfg.llm_prefix)
     llm.model.requires_grad_(False).eval()
     recipe = llm.recipe(cfg.llm_max_tokens)
-    for frozen in (base.vae, base.text_encoder):
+    for frozen in base.frozen_parts():
         frozen.requires_grad_(False).eval().to(device, weight_dtype)
     cam = _make_cam(cfg, base.clip_dim, llm.hidden_size).to(device)
     unet = _prepare_unet(cfg, base.unet, device, weight_dtype)
@@ -94,7 +95,7 @@ def train(cfg: TrainConfig) -> Path:
     find_pairs = entity.SpacyPairs() if recorder is not None and cfg.entity_pairs == "spacy" else None
     denoiser = Denoiser(cam, unet)
     trainable = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
-    text = FrozenTextEncoders(base.tokenizer, base.text_encoder, llm, recipe)
+    text = FrozenTextEncoders(base, llm, recipe)
     cache = FeatureCache.open(cfg, base, llm, recipe) if cfg.cache_dir else None
 
     optimizer = _optimizer(cfg, denoiser)
@@ -159,7 +160,8 @@ def train(cfg: TrainConfig) -> Path:
             groups = _record_pairs(recorder, find_pairs, batch, inputs["drop"], base.tokenizer, device)
             with (accelerator.no_sync(denoiser) if not sync else contextlib.nullcontext()):
                 with accelerator.autocast():
-                    pred = denoiser(inputs["noisy"], inputs["timesteps"], inputs["clip"], inputs["llm"])
+                    pred = denoiser(inputs["noisy"], inputs["timesteps"], inputs["text"].clip, inputs["text"].llm,
+                                    inputs["added"])
                 loss = _loss(pred.float(), inputs, scheduler, cfg.snr_gamma)
                 losses.append(loss.detach())
                 if recorder is not None:
@@ -278,19 +280,30 @@ def _micro_batch(batch, g: torch.Generator, base, text: FrozenTextEncoders, cach
     size = len(batch.keys)
     drop = torch.rand(size, generator=g) < cfg.caption_dropout
     if cache is not None:
-        moments, clip, llm = cache.features(batch, base, text, device, weight_dtype)
+        moments, features = cache.features(batch, base, text, device, weight_dtype)
     else:
         with torch.no_grad():
             moments = base.vae.encode(batch.pixel_values.to(device, weight_dtype)).latent_dist.parameters
-        clip, llm = text.features(batch.texts)
+        features = text.features(batch.texts)
     mean, logvar = moments.float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
     latents = (mean + std * torch.randn(mean.shape, generator=g).to(device)) * base.vae_scale
-    clip, llm = drop_captions(clip, llm, drop, text.empty())
+    features = drop_captions(features, drop, text.empty())
     noise = torch.randn(latents.shape, generator=g).to(device)
     timesteps = torch.randint(0, base.scheduler.config.num_train_timesteps, (size,), generator=g).to(device)
-    return {"latents": latents, "noise": noise, "timesteps": timesteps, "drop": drop,
-            "noisy": base.scheduler.add_noise(latents, noise, timesteps), "clip": clip, "llm": llm}
+    added = None
+    if base.is_sdxl:
+        added = {"text_embeds": features.pooled, "time_ids": sdxl_time_ids(batch, cfg.resolution).to(device)}
+    return {"latents": latents, "noise": noise, "timesteps": timesteps, "drop": drop, "text": features,
+            "added": added, "noisy": base.scheduler.add_noise(latents, noise, timesteps)}
+
+
+def sdxl_time_ids(batch, resolution: int) -> torch.Tensor:
+    """SDXL's size conditioning per sample: original (h, w), crop (top, left), target (h, w), in the
+    order ComfyUI builds it from CLIP Text Encode (SDXL)'s height, width, crop_h, crop_w, target sizes."""
+    originals = batch.original_sizes or [(resolution, resolution)] * len(batch.keys)
+    corners = batch.crop_top_lefts or [(0, 0)] * len(batch.keys)
+    return torch.tensor([[*o, *c, resolution, resolution] for o, c in zip(originals, corners)], dtype=torch.float32)
 
 
 def _record_pairs(recorder, find_pairs, batch, drop, tokenizer, device):

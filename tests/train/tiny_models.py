@@ -62,6 +62,44 @@ def build_base(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+SDXL_CLIP_DIMS = (32, 40)  # CLIP-L and bigG stand-ins: the UNet attends to both side by side (72)
+SDXL_POOLED = 40
+
+
+def build_sdxl_base(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL-layout diffusers folder: two CLIPs (the second with a projection, padding with "!"
+    as SDXL's tokenizer_2 does), a UNet with SDXL's added text/time conditioning."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    clip_tokenizer, _ = comfy_tokenizers()
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(clip_tokenizer, folder / "tokenizer", dirs_exist_ok=True)
+    CLIPTokenizer.from_pretrained(clip_tokenizer, pad_token="!").save_pretrained(folder / "tokenizer_2")
+    small, big = SDXL_CLIP_DIMS
+    config = dict(intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, vocab_size=49408,
+                  max_position_embeddings=77)
+    CLIPTextModel(CLIPTextConfig(hidden_size=small, **config)).save_pretrained(folder / "text_encoder")
+    CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=big, projection_dim=SDXL_POOLED, **config)
+                                ).save_pretrained(folder / "text_encoder_2")
+    UNet2DConditionModel(
+        sample_size=RESOLUTION // 2, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2), cross_attention_dim=small + big, attention_head_dim=(4, 8),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + SDXL_POOLED, norm_num_groups=32,
+    ).save_pretrained(folder / "unet")
+    AutoencoderKL(
+        block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32, sample_size=RESOLUTION,
+        scaling_factor=0.13025,
+    ).save_pretrained(folder / "vae")
+    EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                           num_train_timesteps=1000, prediction_type="epsilon").save_pretrained(folder / "scheduler")
+    return folder
+
+
 def build_llm(folder: Path) -> Path:
     from synthetic.llm import tiny_t5_encoder, tiny_t5_rankgen_folder
 

@@ -165,3 +165,21 @@ def test_bad_settings_are_one_clear_line(tiny, tmp_path, capsys, flags, message)
     assert main(train_args(tiny, tmp_path / "out", *flags, steps=1)) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_adam8bit_trains_and_resumes(tiny, tmp_path):
+    pytest.importorskip("bitsandbytes")  # installed by the test set-up (tests/requirements.txt)
+    out = tmp_path / "adam8bit"
+    args = train_args(tiny, out, "--optimizer", "adam8bit", "--checkpoint-every", "2", steps=2, mode="cam+lora")
+    assert main(args) == 0
+    assert main(args[: args.index("--max-steps") + 1] + ["3"] + args[args.index("--max-steps") + 2:]
+                + ["--resume", "latest"]) == 0
+    assert [r["step"] for r in records(out)] == [1, 2, 3]
+
+
+def test_adam8bit_without_bitsandbytes_says_what_to_install(tiny, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
+    assert main(train_args(tiny, tmp_path / "o", "--optimizer", "adam8bit", steps=1)) == 2
+    assert "pip install bitsandbytes" in capsys.readouterr().err

@@ -16,8 +16,12 @@ Modules, one job each:
 - ``single_file``: an SD1.x single-file checkpoint (.safetensors/.ckpt) as diffusers modules.
 - ``unet_layout``: UNet key names between diffusers and ComfyUI's (ldm) layout.
 - ``text``: captions to UNet context, exactly as the nodes compute it (CFG dropout included).
-- ``loop``: the accelerate training loop (loss, min-SNR, mixed precision); ``ema``; ``entity``
-  (the entity-guided regularisation, our reading); ``cache`` (--cache-dir features on disk).
+- ``objective``: what one micro-batch computes (noise, timesteps, the loss), its equations.
+- ``models``: what trains in each --train mode, and the optimizer; ``precision``: which mixed
+  precision this device runs well; ``ema``; ``entity`` (the entity-guided regularisation, our
+  reading); ``cache`` (--cache-dir features on disk).
+- ``loop``: the Trainer (accelerate, steps, checkpoints, outputs); ``run_log``: progress bar,
+  train_log.jsonl and the summary.
 - ``state``: atomic checkpoints and resume.
 - ``export``: adapter.safetensors (with the LLM recipe), unet/ and lora.safetensors.
 

@@ -10,7 +10,7 @@ import torch
 from llm4gen_core import load_cross_adapter
 from llm4gen_core.train.base import load_base
 from llm4gen_core.train.cli import main
-from llm4gen_core.train.loop import sdxl_time_ids
+from llm4gen_core.train.objective import sdxl_time_ids
 from llm4gen_core.train.samples import Batch
 from llm4gen_core.train.text import FrozenTextEncoders, drop_captions
 

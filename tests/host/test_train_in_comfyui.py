@@ -7,8 +7,10 @@ T5 and a few generated images, at 64x64 for two steps. Then, in ComfyUI 0.3.75:
 1. ``cam+unet``: the bundled text-to-image workflow, loaders pointed at the written
    ``adapter.safetensors`` and ``unet_comfyui.safetensors``, gives the UNet the context the
    trainer's own text path (``FrozenTextEncoders`` + the trained CAM) computes, for the positive
-   prompt and for the empty negative (ComfyUI's text encoder forced to fp32, as ``--fp32-text-enc``
-   does, so the tolerance is fp32's).
+   prompt and for the empty negative, within fp32 tolerance. ComfyUI's text encoder is forced to
+   fp32 (``--fp32-text-enc``): by default it keeps CLIP's weights in fp16 on CPU. The small
+   checkpoint stores them in fp16 anyway and ComfyUI computes CLIP's activations in fp32, so here
+   that changes nothing (measured: 2e-6 either way); for an fp32 base it would.
 2. Below the sampler: ComfyUI's own loader on ``unet_comfyui.safetensors`` predicts the noise the
    diffusers ``unet/`` predicts (fp32, 77 + 256 tokens), and that prediction is not the base's.
 3. ``cam+lora``: stock LoraLoaderModelOnly uses every key of ``lora.safetensors`` on the weight the
@@ -127,7 +129,7 @@ def trained_context(trainer_side, adapter_path: Path, texts: list[str]) -> torch
 @pytest.fixture(scope="module")
 def comfy(comfy_inprocess):
     """The in-process ComfyUI with its text encoders in fp32 (``--fp32-text-enc``; on CPU it
-    otherwise runs SD1.5's CLIP in fp16), nothing cached from other prompts; restored after."""
+    otherwise keeps CLIP's weights in fp16), nothing cached from other prompts; restored after."""
     import comfy.cli_args
 
     args = comfy.cli_args.args
@@ -202,10 +204,10 @@ def rows_by_side(record: dict) -> dict[str, torch.Tensor]:
 def assert_trained_context(result, trainer_side, adapter_path: Path, texts: dict[str, str], tokens: int) -> None:
     calls = result.records("unet")
     assert len(calls) == STEPS
-    expected = {side: trained_context(trainer_side, adapter_path, [text]) for side, text in texts.items()}
-    assert expected["positive"].shape == (1, tokens, 768)
-    for call in calls:
+    for call in calls:  # positive and negative, each 77 CLIP + the trained LLM length, batched in one call
         assert call["context_shape"] == [2, tokens, 768] and sorted(call["cond_or_uncond"]) == [0, 1]
+    expected = {side: trained_context(trainer_side, adapter_path, [text]) for side, text in texts.items()}
+    for call in calls:
         for side, context in rows_by_side(call).items():
             assert context.dtype == torch.float32
             diff = (context - expected[side]).abs().max().item()

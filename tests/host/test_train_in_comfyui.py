@@ -119,9 +119,10 @@ def trained_context(trainer_side, adapter_path: Path, texts: list[str]) -> torch
     recipe that CAM records."""
     base, llm = trainer_side
     adapter = load_cross_adapter(adapter_path, dtype=torch.float32).eval()
-    text = FrozenTextEncoders(base.tokenizer, base.text_encoder.eval(), llm, adapter.recipe)
+    base.text_encoder.eval()
+    features = FrozenTextEncoders(base, llm, adapter.recipe).features(texts)
     with torch.no_grad():
-        return adapter(*text.features(texts))
+        return adapter(features.clip, features.llm)
 
 
 # --- the host -----------------------------------------------------------------------------------

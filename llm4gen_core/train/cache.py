@@ -66,7 +66,7 @@ class FeatureCache:
         missing = [i for i in range(len(batch.keys)) if i not in found]
         if missing:
             with torch.no_grad():
-                pixels = batch.pixel_values[missing].to(device, weight_dtype)
+                pixels = batch.pixel_values[missing].to(device, next(base.vae.parameters()).dtype)
                 moments = base.vae.encode(pixels).latent_dist.parameters
                 computed = text.features([batch.texts[i] for i in missing])
             for row, i in enumerate(missing):

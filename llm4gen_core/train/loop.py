@@ -79,6 +79,8 @@ class Trainer:
         self.recipe = llm.recipe(cfg.llm_max_tokens)
         for frozen in self.base.frozen_parts():
             frozen.requires_grad_(False).eval().to(device, self.weight_dtype)
+        if self.weight_dtype == torch.float16:  # SD VAEs (SDXL's above all) overflow in fp16: keep it fp32
+            self.base.vae.to(torch.float32)
         cam = make_cam(cfg, self.base.clip_dim, llm.hidden_size).to(device)
         unet = prepare_unet(cfg, self.base.unet, device, self.weight_dtype)
         self.recorder = entity.AttentionRecorder() if cfg.entity_loss_weight > 0 else None

@@ -62,7 +62,8 @@ def noised_batch(batch, g: torch.Generator, base, text: FrozenTextEncoders, cach
         moments, features = cache.features(batch, base, text, device, weight_dtype)
     else:
         with torch.no_grad():
-            moments = base.vae.encode(batch.pixel_values.to(device, weight_dtype)).latent_dist.parameters
+            vae_dtype = next(base.vae.parameters()).dtype
+            moments = base.vae.encode(batch.pixel_values.to(device, vae_dtype)).latent_dist.parameters
         features = text.features(batch.texts)
     mean, logvar = moments.float().chunk(2, dim=1)
     std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # as diffusers' DiagonalGaussianDistribution

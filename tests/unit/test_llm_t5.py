@@ -1,7 +1,7 @@
 """T5 encoders through load_llm: every layout, the release's padding/truncation, dtypes, progress.
 
-References: token ids from the sentencepiece library, padded/cut the way the release's
-infer_llm4gen_sd15.py does it, fed to the transformers T5EncoderModel the files were made from.
+References: token ids from the sentencepiece library, padded/cut the way the release does it
+(docs/reference.md, section 1), fed to the transformers T5EncoderModel the files were made from.
 """
 import pytest
 import sentencepiece as spm
@@ -23,7 +23,7 @@ PROMPTS = [
 
 
 def release_batch(sp, prompts, max_length=256):
-    """infer_llm4gen_sd15.py's RankGenEncoder.encode, tokenizer side: "pre " + prompt, ids + </s>,
+    """The release's tokenizer side (docs/reference.md, section 1): "pre " + prompt, ids + </s>,
     padded with 0 to the longest, then cut to max_length or zero-padded up to it."""
     ids = [sp.encode("pre " + p) + [1] for p in prompts]
     longest = max(map(len, ids))

@@ -97,14 +97,18 @@ def test_format_is_recognised_by_its_bytes_not_its_name(tmp_path, fmt, name):
 
 def _corrupting_writer(monkeypatch, corrupt):
     """Make convert's writer write something other than it was given: ``corrupt(state, cfg, recipe)``
-    returns what is written instead."""
+    returns what is written instead, and optionally what to do to the file once written."""
+    from pathlib import Path
+
     import llm4gen_core.convert as convert_module
 
     real = convert_module.save_cross_adapter
 
     def writer(state, path, cfg, source="", recipe=None):
-        state, cfg, recipe = corrupt(dict(state), cfg, recipe)
+        state, cfg, recipe, *after = corrupt(dict(state), cfg, recipe)
         real(state, path, cfg, source=source, recipe=recipe)
+        for damage in after:
+            damage(Path(path))
 
     monkeypatch.setattr(convert_module, "save_cross_adapter", writer)
 
@@ -138,19 +142,24 @@ def _lose_the_recipe(state, cfg, recipe):
     return state, cfg, None
 
 
-@pytest.mark.parametrize("corrupt", [_flip_one_value, _cast_one_tensor, _add_a_block, _other_heads, _lose_the_recipe],
-                         ids=["value", "dtype", "keys", "heads", "recipe"])
+def _cut_the_file_short(state, cfg, recipe):
+    return state, cfg, recipe, lambda path: path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("corrupt", [_flip_one_value, _cast_one_tensor, _add_a_block, _other_heads, _lose_the_recipe,
+                                     _cut_the_file_short], ids=["value", "dtype", "depth", "heads", "recipe", "unreadable"])
 def test_convert_refuses_a_file_that_does_not_read_back_identically(tmp_path, monkeypatch, corrupt):
     """The converter reads its output back: any difference (one value by one ulp, a dtype, the key
-    set, the head count, the LLM recipe) is an error, nothing is saved, and an existing output
-    file that --overwrite would have replaced is left as it was."""
+    set, the head count, the LLM recipe) or a file that does not read at all is an error, nothing
+    is saved (no partial file left), and an existing output file that --overwrite would have
+    replaced is left as it was."""
     from llm4gen_core import LLM4GENError, LLMRecipe
 
     recipe = LLMRecipe(max_tokens=64, llm_name="tiny-t5")
     save_cross_adapter(cam_state(SMALL), tmp_path / "trained.safetensors", SMALL, recipe=recipe)
     (tmp_path / "out.safetensors").write_bytes(b"previous output")
     _corrupting_writer(monkeypatch, corrupt)
-    with pytest.raises(LLM4GENError, match="the written file does not read back identically; nothing was saved"):
+    with pytest.raises(LLM4GENError, match=r"the written file does not read back.*; nothing was saved"):
         convert(tmp_path / "trained.safetensors", tmp_path / "out.safetensors", overwrite=True)
     assert (tmp_path / "out.safetensors").read_bytes() == b"previous output"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "trained.safetensors"]

@@ -302,6 +302,24 @@ def test_code_in_a_pickle_is_refused_and_never_runs(tmp_path, layout):
     assert not sentinel.exists(), "the pickle payload ran"
 
 
+@pytest.mark.parametrize("views, refused", [(1, False), (2, False), (3, True)])
+def test_tensors_aliasing_beyond_twice_the_stored_bytes_are_refused(tmp_path, views, refused):
+    """README-safety.md: tied weights (views of one storage) are fine up to twice the bytes the file
+    stores (plus 1 MiB); beyond that a small file would expand once its tensors are copied."""
+    from llm4gen_core.safe_files import MAX_ALIASING, read_tensor_file
+
+    assert MAX_ALIASING == 2
+    storage = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB
+    state = {f"view{i}": storage[i:] for i in range(views)}  # distinct views, each ~4 MiB
+    torch.save(state, tmp_path / "aliased.pth")
+    if refused:
+        with pytest.raises(CheckpointError, match="aliasing one another"):
+            read_tensor_file(tmp_path / "aliased.pth")
+    else:
+        tensors, _ = read_tensor_file(tmp_path / "aliased.pth")
+        assert all(torch.equal(tensors[k], v) for k, v in state.items())
+
+
 @pytest.mark.parametrize("target", ["missing.pth", "a-directory"])
 def test_missing_file_or_directory(tmp_path, target):
     (tmp_path / "a-directory").mkdir()

@@ -29,15 +29,20 @@ def convert(src, dst, heads: int | None = None, overwrite: bool = False):
         raise LLM4GENError(f"{dst}: output and input are the same file")
     state, cfg, recipe = read_cross_adapter_file(src, heads)
     tmp = dst.with_name(dst.name + ".partial")
-    save_cross_adapter(state, tmp, cfg, source=str(src), recipe=recipe)  # an adapter's LLM recipe is kept
-    written, cfg_back, recipe_back = read_cross_adapter_file(tmp)
-    same = written.keys() == state.keys() and all(
-        written[k].dtype == v.dtype and torch.equal(written[k], v) for k, v in state.items()
-    )
-    if not same or cfg_back != cfg or recipe_back != recipe:
+    try:  # whatever goes wrong, the partial file goes and an existing dst stays as it was
+        save_cross_adapter(state, tmp, cfg, source=str(src), recipe=recipe)  # an adapter's LLM recipe is kept
+        try:
+            written, cfg_back, recipe_back = read_cross_adapter_file(tmp)
+        except LLM4GENError as exc:
+            raise LLM4GENError(f"{dst}: the written file does not read back ({exc}); nothing was saved") from None
+        same = written.keys() == state.keys() and all(
+            written[k].dtype == v.dtype and torch.equal(written[k], v) for k, v in state.items()
+        )
+        if not same or cfg_back != cfg or recipe_back != recipe:
+            raise LLM4GENError(f"{dst}: the written file does not read back identically; nothing was saved")
+        tmp.replace(dst)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise LLM4GENError(f"{dst}: the written file does not read back identically; nothing was saved")
-    tmp.replace(dst)
     return cfg
 
 

@@ -4,10 +4,11 @@
     llm = load_llm("models/text_encoders/rankgen-t5-xl-all", tokenizer_path="comfy/.../t5_tokenizer")
     out = llm.encode(["a long, dense prompt ..."])      # out.hidden_states: [B, 256, 2048]
 
-For the release (RankGen's T5-XL encoder) this is DESIGN.md section 1 exactly: each prompt gets
-the prefix ``"pre "``, is tokenized with ``</s>``, cut to its first 256 ids (a longer prompt loses
-``</s>``) or right-padded with id 0, and the encoder's last hidden state is returned at all 256
-positions, padding included, with the attention mask that was passed to the encoder.
+For the release (RankGen's T5-XL encoder) this is the release's rule exactly (docs/reference.md,
+section 1): each prompt gets the prefix ``"pre "``, is tokenized with ``</s>``, cut to its first 256
+ids (a longer prompt loses ``</s>``) or right-padded with id 0, and the encoder's last hidden state
+is returned at all 256 positions, padding included, with the attention mask that was passed to the
+encoder.
 
 Decoder-only LLMs (Llama, Qwen2/3, Gemma, Mistral folders) go the same way for adapters trained on
 them: their own tokenizer (plain, or the chat template around the prompt), right padding, and the

@@ -22,6 +22,7 @@ import torch
 from .errors import CheckpointError, LLMLoadError
 from .safe_files import (
     FLOAT_DTYPES, check_weight, check_zip_records, first_line, listed, read_json, read_tensor_file, sniff_format,
+    torch_load,
 )
 from .t5_config import check_shapes, infer_t5_config, looks_like_t5_encoder, t5_encoder_state
 
@@ -280,7 +281,7 @@ def _tensor_index(files: list[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
         if fmt == "torch-zip":
             check_zip_records(file)  # transformers reads it with torch.load as well
             try:
-                tensors = torch.load(str(file), map_location="meta", weights_only=True)
+                tensors = torch_load(file, map_location="meta")
             except Exception:
                 tensors = None
             if not (isinstance(tensors, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)

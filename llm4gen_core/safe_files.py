@@ -75,7 +75,7 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
             _check_legacy_declared_sizes(path)
         elif fmt == "torch-zip":
             check_zip_records(path)
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch_load(path, map_location="cpu")
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise CheckpointError(
@@ -91,6 +91,14 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     state = _as_state_dict(path, obj)
     _check_layouts(path, state)
     return state
+
+
+def torch_load(path: Path, map_location):
+    """``torch.load(weights_only=True)`` of what the file holds, whatever its name: given a path
+    ending in ``.safetensors``, torch.load hands it to the safetensors library instead (torch 2.13),
+    so it is given the open file."""
+    with open(path, "rb") as f:
+        return torch.load(f, map_location=map_location, weights_only=True)
 
 
 def check_zip_records(path: Path) -> None:

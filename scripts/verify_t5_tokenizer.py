@@ -1,4 +1,7 @@
-"""Check llm4gen_core's T5 tokenization against the release's own tokenizer code (manual, not CI).
+"""Check llm4gen_core's T5 tokenization against the release's own tokenizer code, on thousands of strings.
+
+CI checks the same on a committed corpus (tests/unit/test_t5_tokenizer_corpus.py, made by
+scripts/make_t5_tokenizer_corpus.py); this script is the wider, manual check.
 
 The release tokenized with transformers 4.x's *slow* ``T5Tokenizer`` (sentencepiece, legacy mode).
 transformers 5 no longer has it, so this script makes a side venv with ``transformers==4.44.2``

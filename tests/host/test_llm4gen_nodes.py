@@ -1,5 +1,10 @@
 """The LLM4GEN nodes in a real ComfyUI: registration, graphs with the stock KSampler, what the
-UNet receives, the diffusers-format UNet, and bad input that must not take the server down."""
+UNet receives, the diffusers-format UNet, and bad input that must not take the server down.
+
+What the UNet receives is checked against values the tests compute without llm4gen_core
+(``synthetic.release_reference``): CLIP features from transformers' CLIPTextModel, LLM features
+from transformers' T5EncoderModel on ids tokenized by the ``tokenizers`` library and cut/padded by
+the release's rule, fused by the CAM's equations in float64 (docs/reference.md)."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +15,7 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from comfy_harness import ComfyExecutionError
-from llm4gen_core import load_cross_adapter, load_llm
+from llm4gen_core import load_cross_adapter
 
 NODES = {
     "LLM4GENLoadLLM": ("Load LLM (LLM4GEN)", "loaders/llm4gen", ["LLM4GEN_LLM"]),
@@ -22,17 +27,51 @@ NODES = {
 POSITIVE = "Ground view of the Great Pyramids and Sphinx on the moon's surface, an astronaut in the foreground"
 
 
+FUSION_TOL = 1e-5  # the nodes' fp32 against the float64 reference (docs/reference.md: below 1e-5)
+
+
+class ReleaseReference:
+    """The release's text path for the tests' tiny models, computed without llm4gen_core."""
+
+    def __init__(self, models):
+        from safetensors.torch import load_file
+
+        from synthetic import release_reference as rr
+
+        self.rr = rr
+        self.t5 = rr.rankgen_t5_encoder(models.llm_path)
+        self.tokenize = rr.comfy_t5_ids(models.t5_tokenizer)
+        self.cam_state = load_file(str(models.adapter_path))
+
+    def llm_features(self, text: str, max_tokens: int = 256) -> torch.Tensor:
+        ids, mask = self.rr.release_ids(self.tokenize, [text], max_tokens)
+        return self.rr.llm_features(self.t5, ids, mask)
+
+    def __call__(self, clip_tokens: torch.Tensor, text: str, strength: float = 1.0, max_tokens: int = 256,
+                 cam_state: dict | None = None) -> torch.Tensor:
+        """The fused context (float64) of ``clip_tokens`` (what ComfyUI's CLIP gave) with ``text``."""
+        return self.rr.cam_fusion(cam_state or self.cam_state, clip_tokens, self.llm_features(text, max_tokens),
+                                  heads=8, strength=strength)
+
+
 @pytest.fixture(scope="session")
-def reference(llm4gen_models):
-    """The same LLM and CAM loaded by the tests' own copy of llm4gen_core, outside ComfyUI."""
-    llm = load_llm(llm4gen_models.llm_path, tokenizer_path=llm4gen_models.t5_tokenizer)
-    return llm, load_cross_adapter(llm4gen_models.adapter_path)
+def release(llm4gen_models) -> ReleaseReference:
+    return ReleaseReference(llm4gen_models)
 
 
-def expected_fusion(reference, clip_tokens: torch.Tensor, text: str, strength: float = 1.0) -> torch.Tensor:
-    llm, adapter = reference
-    with torch.no_grad():
-        return adapter(clip_tokens.float(), llm.encode([text]).hidden_states, strength=strength)
+def test_the_independent_reference_tokenizes_as_the_release():
+    """The reference's own tokenizer side: "pre " + text, </s>, cut to 256 (a longer prompt loses
+    its </s>) or padded with 0 to 256; "" is the pieces ▁pre, </s>."""
+    from synthetic.comfy_env import comfyui_root
+    from synthetic.release_reference import comfy_t5_ids, release_ids
+
+    tokenize = comfy_t5_ids(comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer")
+    ids, mask = release_ids(tokenize, ["", "a cat", "cat " * 300])
+    assert ids.shape == mask.shape == (3, 256)
+    assert ids[0, :3].tolist() == [554, 1, 0] and mask[0].sum() == 2   # ▁pre </s> <pad>
+    assert ids[1, :6].tolist() == [554, 3, 9, 1712, 1, 0] and mask[1].sum() == 5
+    assert mask[2].all() and 1 not in ids[2].tolist()
+    assert not ids[0, 2:].any() and not ids[1, 5:].any()
 
 
 def rows_by_side(record: dict) -> dict[str, torch.Tensor]:
@@ -41,7 +80,7 @@ def rows_by_side(record: dict) -> dict[str, torch.Tensor]:
     return {side[c]: record["context"][i: i + 1] for i, c in enumerate(record["cond_or_uncond"])}
 
 
-def assert_release_context(result, reference, clip_reference, positive: str, negative: str, steps: int = 2):
+def assert_release_context(result, release, clip_reference, positive: str, negative: str, steps: int = 2):
     calls = result.records("unet")
     assert len(calls) == steps, "positive and negative (both 333 tokens) are batched into one UNet call per step"
     for call in calls:
@@ -52,8 +91,8 @@ def assert_release_context(result, reference, clip_reference, positive: str, neg
             clip_part = context[:, :77]
             # the first 77 tokens are CLIP's own (ComfyUI runs CLIP in fp16 on CPU: loose tolerance)
             assert torch.allclose(clip_part.float(), clip_reference([text]), atol=3e-2, rtol=3e-2)
-            expected = expected_fusion(reference, clip_part, text)
-            assert (context.float() - expected).abs().max().item() < 1e-4, f"{name} differs from llm4gen_core's fusion"
+            error = (context.double() - release(clip_part, text)).abs().max().item()
+            assert error < FUSION_TOL, f"{name} differs from the release's equations by {error}"
 
 
 def test_object_info_lists_the_nodes_with_tooltips(comfy_server, llm4gen_models):
@@ -86,19 +125,19 @@ def test_help_pages_are_served(comfy_server):
 
 
 def test_apply_conditioning_reaches_the_unet_as_the_release_fuses(comfy_host, sd15_checkpoint, llm4gen_models,
-                                                                  reference, clip_reference):
+                                                                  release, clip_reference):
     prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="apply"),
                            llm4gen_models.llm, llm4gen_models.adapter)
     result = comfy_host.run(prompt)
     assert len(result.images()) == 1 and result.images()[0].stat().st_size > 0
-    assert_release_context(result, reference, clip_reference, POSITIVE, "")
+    assert_release_context(result, release, clip_reference, POSITIVE, "")
 
 
 def test_clip_llm_cross_adapter_gives_the_same_context(comfy_inprocess, sd15_checkpoint, llm4gen_models,
-                                                       reference, clip_reference):
+                                                       release, clip_reference):
     base = g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="cross")
     via_node = comfy_inprocess.run(lg.with_cross_adapter(base, llm4gen_models.llm, llm4gen_models.adapter))
-    assert_release_context(via_node, reference, clip_reference, POSITIVE, "")
+    assert_release_context(via_node, release, clip_reference, POSITIVE, "")
     via_apply = comfy_inprocess.run(lg.with_apply(base, llm4gen_models.llm, llm4gen_models.adapter))
     for a, b in zip(via_node.records("unet"), via_apply.records("unet")):
         assert torch.equal(a["context"], b["context"])
@@ -107,20 +146,20 @@ def test_clip_llm_cross_adapter_gives_the_same_context(comfy_inprocess, sd15_che
     assert conditioning[0][1]["pooled_output"].shape == (1, 768)
 
 
-def test_strength_scales_the_llm_tokens(comfy_inprocess, sd15_checkpoint, llm4gen_models, reference):
+def test_strength_scales_the_llm_tokens(comfy_inprocess, sd15_checkpoint, llm4gen_models, release):
     for strength in (0.0, 0.5):
         prompt = lg.with_apply(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="strength"),
                                llm4gen_models.llm, llm4gen_models.adapter, strength=strength)
         rows = rows_by_side(comfy_inprocess.run(prompt).records("unet")[0])
         context = rows["positive"]
-        expected = expected_fusion(reference, context[:, :77], POSITIVE, strength)
-        assert (context - expected).abs().max() < 1e-4
+        expected = release(context[:, :77], POSITIVE, strength)
+        assert (context.double() - expected).abs().max() < FUSION_TOL
         if strength == 0.0:
             assert not context[:, 77:].any()
 
 
 def test_released_unet_layout_loads_with_load_diffusion_model(comfy_host, comfy_base, sd15_parts, llm4gen_models,
-                                                              reference, clip_reference):
+                                                              release, clip_reference):
     """The release ships a diffusers-format UNet (unet/diffusion_pytorch_model.safetensors): stock
     UNETLoader reads it from models/diffusion_models and samples with the fused conditioning."""
     from synthetic import sd15
@@ -130,7 +169,7 @@ def test_released_unet_layout_loads_with_load_diffusion_model(comfy_host, comfy_
                                     unet, sd15_parts["clip"], sd15_parts["vae"])
     result = comfy_host.run(lg.with_apply(prompt, llm4gen_models.llm, llm4gen_models.adapter))
     assert result.images()
-    assert_release_context(result, reference, clip_reference, POSITIVE, "")
+    assert_release_context(result, release, clip_reference, POSITIVE, "")
 
 
 def test_llm_is_managed_by_comfyui(comfy_inprocess, sd15_checkpoint, llm4gen_models):
@@ -230,7 +269,7 @@ def _overridden(caplog) -> list[str]:
 
 
 @pytest.mark.parametrize("graph", [lg.with_apply, lg.with_cross_adapter], ids=["apply", "clip-llm"])
-def test_adapter_recipe_decides_the_llm_encoding(comfy_inprocess, sd15_checkpoint, llm4gen_models, reference,
+def test_adapter_recipe_decides_the_llm_encoding(comfy_inprocess, sd15_checkpoint, llm4gen_models, release,
                                                  recipe64_adapter, graph, caplog):
     """An adapter trained at 64 tokens, fed LLM Encode's 256: the fusing node encodes the same text
     again at 64 through the same LLM, so the UNet gets 77 + 64 tokens, as training computed them."""
@@ -238,17 +277,17 @@ def test_adapter_recipe_decides_the_llm_encoding(comfy_inprocess, sd15_checkpoin
     prompt = graph(g.txt2img(sd15_checkpoint, POSITIVE, "", prefix="recipe"), llm4gen_models.llm, name, max_tokens=256)
     with caplog.at_level(logging.INFO, logger="LLM4GEN"):
         result = comfy_inprocess.run(prompt)
-    llm, adapter = reference[0], load_cross_adapter(path)
-    assert adapter.recipe.max_tokens == 64
+    from safetensors.torch import load_file
+
+    assert load_cross_adapter(path).recipe.max_tokens == 64
     calls = result.records("unet")
     assert len(calls) == 2
     for call in calls:
         assert call["context_shape"] == [2, 77 + 64, 768]
         for side, text in (("positive", POSITIVE), ("negative", "")):
             context = rows_by_side(call)[side]
-            with torch.no_grad():
-                expected = adapter(context[:, :77].float(), llm.encode([text], max_tokens=64).hidden_states)
-            assert (context.float() - expected).abs().max().item() < 1e-4, side
+            expected = release(context[:, :77], text, max_tokens=64, cam_state=load_file(str(path)))
+            assert (context.double() - expected).abs().max().item() < FUSION_TOL, side
     assert comfy_inprocess.node_output(lg.ENC_POS)[0].hidden_states.shape[1] == 256, "LLM Encode's own output is kept"
     assert _overridden(caplog) == [f"LLM4GEN: adapter {name} was trained with max_tokens 64; LLM Encode's 256 is "
                                    f"overridden {OVERRIDDEN}"] * 2  # once per fusing node (positive, negative)

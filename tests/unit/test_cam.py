@@ -1,51 +1,13 @@
-"""The CAM against the release's equations, written out here independently of llm4gen_core."""
-import math
-
+"""The CAM against the release's equations, written out independently of llm4gen_core (in
+``synthetic.release_reference``, float64; docs/reference.md section 3)."""
 import pytest
 import torch
 
 from llm4gen_core import CrossAdapter, CrossAdapterConfig, FeatureMismatchError, load_cross_adapter
 from synthetic.cam import RELEASE, cam_state, write_projector_pth
+from synthetic.release_reference import cam_fusion as reference_fusion
 
 ODD = CrossAdapterConfig(clip_dim=40, llm_dim=24, heads=5, ffn_dim=56, depth=2)
-
-
-def reference_fusion(state, clip, llm, heads, strength=1.0):
-    """DESIGN.md section 1, term by term, with explicit matmuls, softmax and layer norms,
-    in float64 so the comparison measures the module's error alone."""
-    state = {k: v.double() for k, v in state.items()}
-    clip, llm = clip.double(), llm.double()
-
-    def linear(x, name):
-        return x @ state[name + ".weight"].T + state[name + ".bias"]
-
-    def layer_norm(x, name, eps=1e-5):
-        mean = x.mean(-1, keepdim=True)
-        var = ((x - mean) ** 2).mean(-1, keepdim=True)
-        return (x - mean) / torch.sqrt(var + eps) * state[name + ".weight"] + state[name + ".bias"]
-
-    def heads_first(x):
-        b, t, d = x.shape
-        return x.reshape(b, t, heads, d // heads).permute(0, 2, 1, 3)
-
-    c = clip
-    depth = len({k.split(".")[1] for k in state})
-    for i in range(depth):
-        p = f"CrossFusionModule.{i}."
-        l = linear(llm, p + "llm_proj")
-        q = heads_first(linear(layer_norm(l, p + "kv_norm"), p + "q_proj"))
-        cn = layer_norm(c, p + "q_norm")
-        k = heads_first(linear(cn, p + "k_proj"))
-        v = heads_first(linear(cn, p + "v_proj"))
-        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-        a = (weights @ v).permute(0, 2, 1, 3).reshape(l.shape)
-        l = linear(a, p + "out_proj") + l
-        h = linear(layer_norm(l, p + "norm"), p + "FFN.0")
-        h = h * torch.sigmoid(1.702 * h)
-        l = linear(h, p + "FFN.2") + l
-        c = torch.cat([c, l], dim=1)
-    tc = clip.shape[1]
-    return torch.cat([c[:, :tc], c[:, tc:] * strength], dim=1)
 
 
 @pytest.mark.parametrize("cfg,batch,tc,tl", [(RELEASE, 2, 77, 256), (ODD, 3, 7, 11)], ids=["release", "odd"])

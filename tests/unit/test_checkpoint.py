@@ -73,6 +73,98 @@ def test_convert_reports_a_bad_input_without_writing(tmp_path, capsys):
     assert not list(tmp_path.glob("out.safetensors*"))
 
 
+@pytest.mark.parametrize("fmt,name", [("safetensors", "cam.pth"), ("safetensors", "cam.bin"),
+                                      ("torch-zip", "cam.safetensors"), ("torch-legacy", "cam.safetensors"),
+                                      ("torch-zip", "cam.sft")])
+def test_format_is_recognised_by_its_bytes_not_its_name(tmp_path, fmt, name):
+    """A file whose name lies loads as what it holds: a safetensors file named .pth (its metadata,
+    heads 4, is read: the default would be 8), a torch checkpoint named .safetensors (torch.load
+    itself would hand that name to safetensors)."""
+    state = cam_state(SMALL, seed=2)
+    path = tmp_path / name
+    if fmt == "safetensors":
+        save_cross_adapter(state, path, SMALL)
+        heads = None
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=fmt == "torch-zip")
+        heads = 4
+    adapter = load_cross_adapter(path, heads=heads)
+    assert adapter.config == SMALL
+    assert all(torch.equal(adapter.state_dict()[k], v) for k, v in state.items())
+    assert convert(path, tmp_path / "copy.safetensors", heads=heads) == SMALL
+    assert all(torch.equal(read_cross_adapter_state(tmp_path / "copy.safetensors")[0][k], v) for k, v in state.items())
+
+
+def _corrupting_writer(monkeypatch, corrupt):
+    """Make convert's writer write something other than it was given: ``corrupt(state, cfg, recipe)``
+    returns what is written instead, and optionally what to do to the file once written."""
+    from pathlib import Path
+
+    import llm4gen_core.convert as convert_module
+
+    real = convert_module.save_cross_adapter
+
+    def writer(state, path, cfg, source="", recipe=None):
+        state, cfg, recipe, *after = corrupt(dict(state), cfg, recipe)
+        real(state, path, cfg, source=source, recipe=recipe)
+        for damage in after:
+            damage(Path(path))
+
+    monkeypatch.setattr(convert_module, "save_cross_adapter", writer)
+
+
+def _flip_one_value(state, cfg, recipe):
+    key = _key("q_proj")
+    state[key] = state[key].clone()
+    state[key][0, 0] = torch.nextafter(state[key][0, 0], torch.tensor(1e9))
+    return state, cfg, recipe
+
+
+def _cast_one_tensor(state, cfg, recipe):
+    state[_key("norm", "bias")] = state[_key("norm", "bias")].double()
+    return state, cfg, recipe
+
+
+def _add_a_block(state, cfg, recipe):
+    import dataclasses
+
+    extra = cam_state(dataclasses.replace(cfg, depth=2))  # one block more: a key set that still loads
+    return {**state, **{k: v for k, v in extra.items() if ".1." in k}}, dataclasses.replace(cfg, depth=2), recipe
+
+
+def _other_heads(state, cfg, recipe):
+    import dataclasses
+
+    return state, dataclasses.replace(cfg, heads=2), recipe
+
+
+def _lose_the_recipe(state, cfg, recipe):
+    return state, cfg, None
+
+
+def _cut_the_file_short(state, cfg, recipe):
+    return state, cfg, recipe, lambda path: path.write_bytes(path.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("corrupt", [_flip_one_value, _cast_one_tensor, _add_a_block, _other_heads, _lose_the_recipe,
+                                     _cut_the_file_short], ids=["value", "dtype", "depth", "heads", "recipe", "unreadable"])
+def test_convert_refuses_a_file_that_does_not_read_back_identically(tmp_path, monkeypatch, corrupt):
+    """The converter reads its output back: any difference (one value by one ulp, a dtype, the key
+    set, the head count, the LLM recipe) or a file that does not read at all is an error, nothing
+    is saved (no partial file left), and an existing output file that --overwrite would have
+    replaced is left as it was."""
+    from llm4gen_core import LLM4GENError, LLMRecipe
+
+    recipe = LLMRecipe(max_tokens=64, llm_name="tiny-t5")
+    save_cross_adapter(cam_state(SMALL), tmp_path / "trained.safetensors", SMALL, recipe=recipe)
+    (tmp_path / "out.safetensors").write_bytes(b"previous output")
+    _corrupting_writer(monkeypatch, corrupt)
+    with pytest.raises(LLM4GENError, match=r"the written file does not read back.*; nothing was saved"):
+        convert(tmp_path / "trained.safetensors", tmp_path / "out.safetensors", overwrite=True)
+    assert (tmp_path / "out.safetensors").read_bytes() == b"previous output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "trained.safetensors"]
+
+
 # --- malformed files: every one must give a CheckpointError that names the file -------------
 
 class _WritesAFile:
@@ -208,6 +300,24 @@ def test_code_in_a_pickle_is_refused_and_never_runs(tmp_path, layout):
     with pytest.raises(CheckpointError, match="refused"):
         load_cross_adapter(path)
     assert not sentinel.exists(), "the pickle payload ran"
+
+
+@pytest.mark.parametrize("views, refused", [(1, False), (2, False), (3, True)])
+def test_tensors_aliasing_beyond_twice_the_stored_bytes_are_refused(tmp_path, views, refused):
+    """README-safety.md: tied weights (views of one storage) are fine up to twice the bytes the file
+    stores (plus 1 MiB); beyond that a small file would expand once its tensors are copied."""
+    from llm4gen_core.safe_files import MAX_ALIASING, read_tensor_file
+
+    assert MAX_ALIASING == 2
+    storage = torch.arange(1 << 20, dtype=torch.float32)  # 4 MiB
+    state = {f"view{i}": storage[i:] for i in range(views)}  # distinct views, each ~4 MiB
+    torch.save(state, tmp_path / "aliased.pth")
+    if refused:
+        with pytest.raises(CheckpointError, match="aliasing one another"):
+            read_tensor_file(tmp_path / "aliased.pth")
+    else:
+        tensors, _ = read_tensor_file(tmp_path / "aliased.pth")
+        assert all(torch.equal(tensors[k], v) for k, v in state.items())
 
 
 @pytest.mark.parametrize("target", ["missing.pth", "a-directory"])

@@ -125,3 +125,11 @@ def test_bad_encode_arguments(tmp_path, model, tok):
     for max_tokens in (0, -1, 2.5, True):
         with pytest.raises(LLM4GENError, match="max_tokens must be"):
             llm.encode("a", max_tokens=max_tokens)
+
+
+def test_config_json_nested_100000_deep_is_a_clear_error(tmp_path, model, tok):
+    """README-safety.md: unreadable JSON, including JSON nested 100,000 deep, names the file."""
+    folder = tiny_t5_hf_folder(tmp_path / "deep", model, tokenizer_from=tok)
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LLMLoadError, match=rf"{folder / 'config.json'}: unreadable JSON"):
+        load_llm(folder)

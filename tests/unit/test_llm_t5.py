@@ -1,13 +1,13 @@
 """T5 encoders through load_llm: every layout, the release's padding/truncation, dtypes, progress.
 
-References: token ids from the sentencepiece library, padded/cut the way the release's
-infer_llm4gen_sd15.py does it, fed to the transformers T5EncoderModel the files were made from.
+References: token ids from the sentencepiece library, padded/cut the way the release does it
+(docs/reference.md, section 1), fed to the transformers T5EncoderModel the files were made from.
 """
 import pytest
 import sentencepiece as spm
 import torch
 
-from llm4gen_core import EncodedText, LLMLoadError, load_llm
+from llm4gen_core import EncodedText, LLM4GENError, LLMLoadError, load_llm
 from synthetic.llm import (
     tiny_spm_tokenizer, tiny_t5_encoder, tiny_t5_hf_folder, tiny_t5_rankgen_folder, tiny_t5_safetensors,
     tiny_t5_tokenizer_json,
@@ -23,7 +23,7 @@ PROMPTS = [
 
 
 def release_batch(sp, prompts, max_length=256):
-    """infer_llm4gen_sd15.py's RankGenEncoder.encode, tokenizer side: "pre " + prompt, ids + </s>,
+    """The release's tokenizer side (docs/reference.md, section 1): "pre " + prompt, ids + </s>,
     padded with 0 to the longest, then cut to max_length or zero-padded up to it."""
     ids = [sp.encode("pre " + p) + [1] for p in prompts]
     longest = max(map(len, ids))
@@ -251,3 +251,69 @@ def test_dtype_and_device_choices(rankgen, tok):
         load_llm(rankgen, tokenizer_path=tok, dtype="int8")
     with pytest.raises(LLMLoadError, match="unknown device"):
         load_llm(rankgen, tokenizer_path=tok, device="warp-drive")
+
+
+# --- edges the release's rule decides, and guards that must hold --------------------------------
+
+def _prompt_of_length(sp, n: int) -> str:
+    """A prompt whose release tokenization ("pre " + prompt, with </s>) is exactly n ids."""
+    for k in range(2 * n):
+        text = " ".join(["cat"] * k)
+        if len(sp.encode("pre " + text)) + 1 == n:
+            return text
+    raise AssertionError(f"no prompt of {n} tokens")
+
+
+@pytest.mark.parametrize("max_tokens", [256, 9], ids=["release-256", "9"])
+def test_exactly_max_tokens_is_kept_whole_and_one_more_is_truncated(rankgen, tok, sp, model, max_tokens):
+    """A prompt of exactly max_tokens ids (</s> included) is not truncated and keeps its </s> in
+    the last position; one id more is truncated and loses the </s>; one fewer gets one pad."""
+    llm = load_llm(rankgen, tokenizer_path=tok)
+    texts = [_prompt_of_length(sp, max_tokens + d) for d in (0, 1, -1)]
+    out = llm.encode(texts, max_tokens=max_tokens)
+    assert out.token_counts == [max_tokens, max_tokens + 1, max_tokens - 1]
+    assert out.truncated == [False, True, False]
+    ids, mask = out.input_ids.tolist(), out.attention_mask.tolist()
+    assert ids[0] == sp.encode("pre " + texts[0]) + [1] and mask[0] == [1] * max_tokens
+    assert ids[1] == sp.encode("pre " + texts[1])[:max_tokens] and 1 not in ids[1] and mask[1] == [1] * max_tokens
+    assert ids[2] == sp.encode("pre " + texts[2]) + [1, 0] and mask[2] == [1] * (max_tokens - 1) + [0]
+    expected_ids, expected_mask = release_batch(sp, texts, max_length=max_tokens)
+    with torch.no_grad():
+        expected = model(input_ids=expected_ids, attention_mask=expected_mask).last_hidden_state
+    assert_matches(out, (expected_ids, expected_mask, expected))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_features_are_an_error_not_a_black_image(rankgen, tok, bad):
+    """Weights that turn non-finite after loading (as fp16 overflow does at run time) give NaN/inf
+    features: encode refuses to return them."""
+    llm = load_llm(rankgen, tokenizer_path=tok)
+    assert torch.isfinite(llm.encode("a cat", max_tokens=8).hidden_states).all()
+    with torch.no_grad():
+        llm.model.encoder.final_layer_norm.weight[3] = bad
+    with pytest.raises(LLM4GENError, match=r"the LLM gave NaN or infinite features .*load it in fp32 or bf16"):
+        llm.encode(["a cat", "a dog"], max_tokens=8)
+
+
+@pytest.mark.parametrize("fmt,name", [("safetensors", "t5-encoder.bin"), ("safetensors", "t5-encoder.pth"),
+                                      ("torch-zip", "t5-encoder.safetensors"),
+                                      ("torch-legacy", "t5-encoder.safetensors")])
+def test_single_llm_file_is_read_by_its_bytes_not_its_name(tmp_path, model, tok, reference, fmt, name):
+    from safetensors.torch import save_file
+
+    from synthetic.llm import t5_state
+
+    state = t5_state(model)
+    path = tmp_path / name
+    if fmt == "safetensors":
+        del state["encoder.embed_tokens.weight"]  # safetensors refuses shared storage
+        save_file(state, str(path))
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=fmt == "torch-zip")
+    assert_matches(load_llm(path, tokenizer_path=tok).encode(PROMPTS), reference)
+
+
+def test_rankgen_folder_whose_bin_holds_safetensors_bytes(tmp_path, model, tok, reference):
+    folder = tiny_t5_rankgen_folder(tmp_path / "rg", model, fmt="safetensors")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    assert_matches(load_llm(folder, tokenizer_path=tok).encode(PROMPTS), reference)

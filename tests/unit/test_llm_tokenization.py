@@ -102,6 +102,19 @@ def test_extra_ids_follow_tokenizer_config(spm_folder, sp, tmp_path):
     assert tok.tokenize("<extra_id_0>") == sp.encode("<extra_id_0>") + [1]
 
 
+@pytest.mark.parametrize("extra_ids", [0, 1000, 1001, -1, True, "100"])
+def test_extra_ids_from_0_to_1000_are_accepted(spm_folder, sp, tmp_path, extra_ids):
+    """README-safety.md: extra_ids outside 0..1000 is refused (each is a token held and matched)."""
+    (tmp_path / "spiece.model").write_bytes((spm_folder / "spiece.model").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_ids": extra_ids}))
+    if type(extra_ids) is int and 0 <= extra_ids <= 1000:
+        tok = load_t5_tokenizer(tmp_path)
+        assert tok.vocab_size == sp.get_piece_size() + extra_ids
+    else:
+        with pytest.raises(LLMLoadError, match=r"tokenizer_config\.json: extra_ids must be a whole number from 0 to 1000"):
+            load_t5_tokenizer(tmp_path)
+
+
 def test_a_bpe_tokenizer_json_is_refused_for_t5(tmp_path):
     folder = tiny_bpe_tokenizer(tmp_path / "bpe")
     with pytest.raises(LLMLoadError, match=r"tokenizer\.json: a BPE tokenizer.*Unigram"):

@@ -5,6 +5,11 @@ Both turn CLIP conditioning into LLM4GEN conditioning entry by entry: the CLIP t
 with every key kept (pooled output, areas, masks, strengths, timestep ranges, ControlNets,
 hooks). Inputs are never modified.
 
+The CLIP tokens are whatever the conditioning holds: SD1.5's CLIP-L gives 768 per token, SDXL's
+CLIP gives CLIP-L's 768 and OpenCLIP bigG's 1280 side by side (2048), with bigG's pooled output
+in the dict, which passes through, so SDXL's size and crop conditioning stays stock. The adapter
+must have been made for that width; another is one error naming both widths.
+
 An adapter decides how its LLM features are made: its file's LLM recipe (none recorded: the
 release's, :data:`RELEASE`). Features from LLM Encode made another way (another max_tokens, say)
 are encoded again from the same text through the same LLM, as the adapter's recipe says; an LLM
@@ -32,6 +37,14 @@ RELEASE_TOKENS = "first 77 (release)"
 ALL_TOKENS = "all chunks"
 MARKER = "llm4gen"  # records what a fused entry holds, so fusing twice starts from CLIP again
 CONTROLNET_KEY = "cross_attn_controlnet"
+# The per-token width of the CLIP conditioning each model family's text encoder gives in ComfyUI,
+# to name both sides when an adapter does not fit it.
+CLIP_WIDTHS = {
+    768: ("SD1.5", "SD1.5's CLIP-L"),
+    1024: ("SD2.x", "SD2.x's OpenCLIP-H"),
+    1280: ("SDXL refiner", "the SDXL refiner's OpenCLIP bigG alone"),
+    2048: ("SDXL", "SDXL's CLIP-L 768 + OpenCLIP bigG 1280"),
+}
 
 
 def fusion_inputs() -> list:
@@ -48,7 +61,7 @@ def fusion_inputs() -> list:
                                "CLIP tokens gives ComfyUI 154+, which 'all chunks' keeps."),
         io.Combo.Input("controlnet_context", options=["clip", "fused"], default="clip",
                        tooltip="What a ControlNet attends to. clip: the plain CLIP tokens its training saw "
-                               "(stock SD1.5 ControlNets); fused: the same 333 tokens as the UNet."),
+                               "(stock SD1.5 and SDXL ControlNets); fused: the same 333 tokens as the UNet."),
     ]
 
 
@@ -57,6 +70,8 @@ def fuse_conditioning(conditioning: list, adapter: LoadedAdapter, llm_embeds, st
     """New CONDITIONING whose tensors are the CAM's fusion of each entry's CLIP tokens."""
     if not conditioning:
         raise ValueError("the conditioning input is empty: connect a CLIP Text Encode (or similar) output")
+    for index, (cond, _) in enumerate(conditioning):  # before any LLM work
+        _check_clip_width(cond, adapter, index)
     llm_embeds = embeds_for_adapter(adapter, llm_embeds)
     load_for_inference(adapter.patcher)
     llm = llm_embeds.hidden_states
@@ -76,6 +91,31 @@ def fuse_conditioning(conditioning: list, adapter: LoadedAdapter, llm_embeds, st
                                "strength": strength, "adapter": adapter.name}
         fused_entries.append([fused, new_options])
     return fused_entries
+
+
+def _check_clip_width(cond: torch.Tensor, adapter: LoadedAdapter, index: int) -> None:
+    """One clear error when the conditioning's CLIP tokens are not the width the adapter fuses:
+    an SD1.5 adapter on SDXL's CLIP, an SDXL adapter on SD1.5's, the SDXL refiner's conditioning."""
+    want = adapter.adapter.config.clip_dim
+    got = cond.shape[-1] if isinstance(cond, torch.Tensor) and cond.ndim == 3 else want
+    if got == want:
+        return  # the Cross-Adapter itself reports tensors of another rank or type
+
+    def width(w):
+        return f"{w} wide ({CLIP_WIDTHS[w][1]})" if w in CLIP_WIDTHS else f"{w} wide"
+
+    def family(w, fallback):
+        return CLIP_WIDTHS[w][0] if w in CLIP_WIDTHS else fallback
+
+    if got == 1280:
+        advice = ("the refiner's conditioning cannot be fused, LLM4GEN conditions the base model: fuse the SDXL base "
+                  "model's conditioning (CLIP Text Encode or CLIP Text Encode (SDXL) with the base checkpoint's CLIP) "
+                  "and give the refiner its own, unfused")
+    else:
+        advice = (f"use a Cross-Adapter made for {family(got, 'this text encoder')} (CLIP width {got}) with this "
+                  f"conditioning, or this adapter with {family(want, 'its own model')}'s CLIP and UNet")
+    raise LLM4GENError(f"conditioning entry {index} has CLIP tokens {width(got)}, but Cross-Adapter {adapter.name} "
+                       f"fuses CLIP tokens {width(want)}: {advice}")
 
 
 def embeds_for_adapter(adapter: LoadedAdapter, embeds):
@@ -152,8 +192,9 @@ class CLIPLLMCrossAdapter(io.ComfyNode):
             description="Encodes the prompt with CLIP and fuses it with the LLM features through the "
                         "Cross-Adapter: the release's text path in one node (77 + 256 = 333 tokens).",
             inputs=[
-                io.Clip.Input("clip", tooltip="SD1.5 CLIP (from the checkpoint or a CLIP loader); LoRA-patched "
-                                              "CLIP works. The release uses the last layer (clip skip -1)."),
+                io.Clip.Input("clip", tooltip="SD1.5 or SDXL CLIP (from the checkpoint or a CLIP loader), matching "
+                                              "the adapter; LoRA-patched CLIP works. The release uses SD1.5's last "
+                                              "layer (clip skip -1)."),
                 io.String.Input("text", multiline=True, dynamic_prompts=True,
                                 tooltip="The prompt for CLIP: normally the same text as LLM Encode's. Prompt "
                                         "weights like (word:1.2) and embeddings work as in CLIP Text Encode."),

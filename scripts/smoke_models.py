@@ -26,6 +26,10 @@ builder changes so the cache rebuilds), and written atomically (temp file + ``os
 - ``xs_sd15_lora()``: a LoRA for the SD-XS UNet's cross-attention and CLIP-L's attention.
 - ``tiny_t5_encoder`` / ``tiny_t5_rankgen_folder``: a tiny T5 encoder, saved in RankGen's layout.
 - ``cam_state(cfg, seed)``: a random Cross-Adapter state dict with the release's keys.
+- ``tiny_sdxl_unet()`` / ``tiny_sdxl_controlnet()`` / ``tiny_sdxl_clip_l()`` / ``tiny_sdxl_clip_g()`` /
+  ``tiny_sdxl_projector()``: an SDXL-architecture UNet that ComfyUI's own detection takes for
+  SDXL, a ControlNet for it, its two text encoders at full width but 3 layers deep, and a
+  Cross-Adapter for SDXL's 2048-wide CLIP tokens (see ``TINY_SDXL_UNET``).
 
 Command line (what the runner calls, so that torch and ComfyUI stay out of its own process)::
 
@@ -64,6 +68,25 @@ SMALL_UNET = {**SD15_UNET, "num_res_blocks": [1], "channel_mult": [1], "transfor
 XS_UNET = {**SD15_UNET, "num_res_blocks": [1, 1, 1], "channel_mult": [1, 2, 4],
            "transformer_depth": [0, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1],
            "transformer_depth_middle": -2, "num_head_channels": 64}
+# The smallest UNet ComfyUI's detection (comfy/model_detection.py) still takes for SDXL. It
+# matches a UNet to SDXL by model_channels, use_linear_in_transformer, the transformer depth of
+# each encoder res block ([0, 0, 2, 2, 10, 10]), context_dim 2048 and adm_in_channels 2816; not
+# by channel_mult, nor the middle block's or the decoder's depths. So every level stays 320 wide
+# (SDXL: 320/640/1280) and only the encoder has transformers (SDXL: the middle block and decoder
+# too): 140M parameters, not 2.6B. Each transformer reads the whole context (its cross-attention
+# keys and values), so their number, not the latent size, sets the cost of a call.
+TINY_SDXL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+    "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+    "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "channel_mult": [1, 1, 1], "transformer_depth_middle": -1, "use_linear_in_transformer": True,
+    "context_dim": 2048, "transformer_depth_output": [0] * 9, "num_heads": -1,
+    "num_head_channels": 64, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+# Layers of each tiny SDXL text encoder: the fewest ComfyUI's SDXL CLIP accepts, as it reads the
+# penultimate layer's output (layer_idx -2 must be shallower than the last). Widths stay SDXL's:
+# CLIP-L 768 + OpenCLIP bigG 1280 = 2048 per token, bigG's projected pooled output 1280.
+TINY_SDXL_TEXT_LAYERS = 3
 # ComfyUI's SD1.x VAE (comfy/sd.py).
 SD_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
           "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
@@ -163,6 +186,54 @@ def xs_sd15_lora(rank: int = 4) -> Path:
             state[f"{name}.alpha"] = torch.tensor(float(rank)).half()
         _save(state, path, {"llm4gen_synthetic": "random LoRA for the SD-XS UNet and CLIP-L"})
     return _cached(f"sd15-xs-lora-{BUILDER_VERSION}.safetensors", build)
+
+
+# --- SDXL parts ------------------------------------------------------------------------------
+
+def tiny_sdxl_unet() -> Path:
+    """``TINY_SDXL_UNET`` with random weights in ComfyUI's (ldm) key layout, fp16 as SDXL files
+    ship: stock UNETLoader detects it as SDXL (``comfy.model_base.SDXL``), ~280 MB."""
+    def build(path):
+        torch, _ = _comfy()
+        _save(_unet_state(TINY_SDXL_UNET, seed=21, dtype=torch.float16, sdxl=True), path,
+              {"llm4gen_synthetic": f"random SDXL-architecture UNet {json.dumps(TINY_SDXL_UNET)}"})
+    return _cached(f"sdxl-tiny-unet-{BUILDER_VERSION}.safetensors", build)
+
+
+def tiny_sdxl_controlnet() -> Path:
+    """A ControlNet for tiny_sdxl_unet() (RGB hint, SDXL's ``y`` input), ~220 MB."""
+    return _cached(f"sdxl-tiny-controlnet-{BUILDER_VERSION}.safetensors",
+                   lambda path: _write_controlnet(path, TINY_SDXL_UNET, seed=22))
+
+
+def tiny_sdxl_clip_l() -> Path:
+    """SDXL's first text encoder (CLIP ViT-L, 768 wide), ``TINY_SDXL_TEXT_LAYERS`` deep, with
+    transformers' key names (``text_model.*``), fp16."""
+    return _cached(f"sdxl-tiny-clip_l-{BUILDER_VERSION}.safetensors",
+                   lambda path: _write_sdxl_text_encoder(path, "clip_l", seed=23))
+
+
+def tiny_sdxl_clip_g() -> Path:
+    """SDXL's second text encoder (OpenCLIP bigG, 1280 wide, with its text projection),
+    ``TINY_SDXL_TEXT_LAYERS`` deep, with transformers' key names (``text_model.*``,
+    ``text_projection.weight``), fp16."""
+    return _cached(f"sdxl-tiny-clip_g-{BUILDER_VERSION}.safetensors",
+                   lambda path: _write_sdxl_text_encoder(path, "clip_g", seed=24))
+
+
+def tiny_sdxl_projector() -> Path:
+    """A Cross-Adapter for SDXL's per-token CLIP context (2048 wide: CLIP-L + bigG) and
+    tiny_rankgen()'s width, random, as ``llm4gen_core`` writes adapters (safetensors, heads and
+    dims in the metadata): 8 heads of 256, one block, FFN 2048 (kept small: the nodes read every
+    size from the file), ~100 MB."""
+    def build(path):
+        _llm4gen_core_importable()
+        from llm4gen_core.cam import CrossAdapterConfig
+        from llm4gen_core.checkpoint import save_cross_adapter
+
+        cfg = CrossAdapterConfig(clip_dim=2048, llm_dim=T5_TINY["d_model"], heads=8, ffn_dim=2048, depth=1)
+        save_cross_adapter(cam_state(cfg, seed=25), path, cfg)
+    return _cached(f"cam-sdxl-tiny-{BUILDER_VERSION}.safetensors", build)
 
 
 # --- the LLM and the Cross-Adapter ------------------------------------------------------------
@@ -376,19 +447,20 @@ def _randomize(module, seed: int) -> None:
             p.copy_(value.to(p.dtype))
 
 
-def _unet_model(unet_config: dict, seed: int, dtype):
+def _unet_model(unet_config: dict, seed: int, dtype, sdxl: bool = False):
     _, comfy = _comfy()
     import comfy.supported_models
 
-    model_config = comfy.supported_models.SD15(dict(unet_config))
+    family = comfy.supported_models.SDXL if sdxl else comfy.supported_models.SD15
+    model_config = family(dict(unet_config))
     model_config.set_inference_dtype(dtype, None)
     model = model_config.get_model({}, device="cpu")
     _randomize(model.diffusion_model, seed)
     return model
 
 
-def _unet_state(unet_config: dict, seed: int, dtype) -> dict:
-    return _unet_model(unet_config, seed, dtype).diffusion_model.state_dict()
+def _unet_state(unet_config: dict, seed: int, dtype, sdxl: bool = False) -> dict:
+    return _unet_model(unet_config, seed, dtype, sdxl).diffusion_model.state_dict()
 
 
 def _write_checkpoint(path: Path, unet_config: dict, seed: int) -> None:
@@ -414,6 +486,27 @@ def _write_controlnet(path: Path, unet_config: dict, seed: int) -> None:
     net = comfy.cldm.cldm.ControlNet(hint_channels=3, dtype=torch.float16, device="cpu", **config)
     _randomize(net, seed)
     _save({f"control_model.{k}": v for k, v in net.state_dict().items()}, path)
+
+
+def _write_sdxl_text_encoder(path: Path, part: str, seed: int) -> None:
+    """One of SDXL's text encoders as ComfyUI's SDXL CLIP builds it (``comfy.sdxl_clip``), its
+    layer count set through ComfyUI's own ``<name>_model_config`` option, randomised and saved
+    under transformers' names. CLIP-L's text projection is left out, as in CLIP-L files."""
+    torch, comfy = _comfy()
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
+
+    options = {f"{part}_model_config": {"num_hidden_layers": TINY_SDXL_TEXT_LAYERS}}
+    if part == "clip_g":
+        encoder = comfy.sdxl_clip.SDXLClipG(device="cpu", dtype=torch.float16, model_options=options)
+    else:
+        encoder = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16, model_options=options)
+    _randomize(encoder.transformer, seed)
+    state = encoder.transformer.state_dict()
+    if part == "clip_l":
+        state.pop("text_projection.weight")
+    _save({k: v.to(torch.float16) for k, v in state.items()}, path,
+          {"llm4gen_synthetic": f"random SDXL {part}, {TINY_SDXL_TEXT_LAYERS} layers, seed {seed}"})
 
 
 def _write_diffusers_unet(path: Path, unet_state: dict) -> None:

@@ -1,8 +1,9 @@
 """A real, unmodified ComfyUI for host tests: base directory, in-process host, server.
 
 - ``ComfyBase``: a ``--base-directory`` laid out as ComfyUI expects, with this repo linked
-  into ``custom_nodes/ComfyUI-LLM4GEN`` and the test-only recorder pack
-  (``recorder_pack/``) as ``custom_nodes/llm4gen_test_recorder``. ``place()`` links model
+  into ``custom_nodes/ComfyUI-LLM4GEN``, the test-only recorder pack (``recorder_pack/``) as
+  ``custom_nodes/llm4gen_test_recorder`` and the test-only SDXL text-encoder loader
+  (``sdxl_clip_pack/``) as ``custom_nodes/llm4gen_test_sdxl_clip``. ``place()`` links model
   files or folders into model folders.
 - ``InProcessComfy``: ComfyUI imported into this process; ``run(prompt)`` validates with
   ComfyUI's ``execution.validate_prompt`` and runs ComfyUI's ``PromptExecutor``.
@@ -37,6 +38,9 @@ RECORDER_PACK = HERE / "recorder_pack"
 RECORDER_LINK = "llm4gen_test_recorder"
 RECORDS_SUBDIR = "llm4gen_test_records"  # recorder_pack writes here, under the output dir
 RECORDER_NODE = "LLM4GENTestRecordUNet"
+SDXL_CLIP_PACK = HERE / "sdxl_clip_pack"
+SDXL_CLIP_LINK = "llm4gen_test_sdxl_clip"
+SDXL_CLIP_NODE = "LLM4GENTestSDXLCLIPLoader"
 CLIENT_ID = "llm4gen-tests"
 
 
@@ -84,6 +88,7 @@ class ComfyBase:
     def __init__(self, root: str | os.PathLike, repo: Path = REPO):
         self.root = prepare_base(root, pack=repo)
         link_dir(self.root / "custom_nodes" / RECORDER_LINK, RECORDER_PACK)
+        link_dir(self.root / "custom_nodes" / SDXL_CLIP_LINK, SDXL_CLIP_PACK)
 
     @property
     def output_dir(self) -> Path:
@@ -182,8 +187,9 @@ class InProcessComfy:
         hook_breaker_ac10a0.save_functions()
         self.import_failed = asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=api_nodes))
         hook_breaker_ac10a0.restore_functions()
-        if RECORDER_NODE not in nodes.NODE_CLASS_MAPPINGS:
-            raise RuntimeError(f"the test recorder pack did not load from {RECORDER_PACK}")
+        for node, pack in ((RECORDER_NODE, RECORDER_PACK), (SDXL_CLIP_NODE, SDXL_CLIP_PACK)):
+            if node not in nodes.NODE_CLASS_MAPPINGS:
+                raise RuntimeError(f"the test-only node pack did not load from {pack}")
         self.nodes, self.execution, self.folder_paths = nodes, execution, folder_paths
         self.server = _EventLog()
         comfy.utils.set_progress_bar_global_hook(self._progress_hook)

@@ -1,7 +1,8 @@
 """Which stock ComfyUI nodes are verified to compose with LLM4GEN conditioning.
 
 The composition tests (tests/host/test_compose_*.py) call ``verified(request, node, placement,
-what)`` after their assertions passed, so a row exists only for a test that got that far. Each
+what, model)`` after their assertions passed, so a row exists only for a test that got that far
+(``model``: SD1.5, the default, or SDXL, test_compose_sdxl.py). Each
 call rewrites ``test-artifacts/composition-matrix.json`` and ``.md`` (the table of this run).
 README.md's section between ``<!-- composition-table:start -->`` and
 ``<!-- composition-table:end -->`` is generated from that artefact, never written by hand:
@@ -26,35 +27,46 @@ START, END = "<!-- composition-table:start -->", "<!-- composition-table:end -->
 
 BEFORE, AFTER, MODEL, TEXT, SAMPLING = (
     "before Apply", "after Apply", "model / CLIP patch", "in the CLIP prompt", "sampling")
+SD15, SDXL = "SD1.5", "SDXL"
+CONTROLNET = "ControlNetLoader + ControlNetApplyAdvanced"
 
-# Every (node, placement) a full run of the composition tests verifies, in table order.
+# Every (model, node, placement) a full run of the composition tests verifies, in table order.
 EXPECTED = [
-    ("ControlNetLoader + ControlNetApplyAdvanced", BEFORE),
-    ("ControlNetLoader + ControlNetApplyAdvanced", AFTER),
-    ("LoraLoader", MODEL),
-    ("LoraLoaderModelOnly", MODEL),
-    ("ConditioningCombine", BEFORE), ("ConditioningCombine", AFTER),
-    ("ConditioningSetArea", BEFORE), ("ConditioningSetArea", AFTER),
-    ("ConditioningSetMask", BEFORE), ("ConditioningSetMask", AFTER),
-    ("ConditioningSetTimestepRange", BEFORE), ("ConditioningSetTimestepRange", AFTER),
-    ("ConditioningConcat", BEFORE), ("ConditioningConcat", AFTER),
-    ("ConditioningAverage", BEFORE), ("ConditioningAverage", AFTER),
-    ("CLIPTextEncode: prompt weights `(word:1.3)`", TEXT),
-    ("CLIPTextEncode: textual inversion `embedding:name`", TEXT),
-    ("CLIPTextEncode: prompts over 77 CLIP tokens", TEXT),
-    ("EmptyLatentImage batch 4 + KSampler", SAMPLING),
+    (SD15, CONTROLNET, BEFORE), (SD15, CONTROLNET, AFTER),
+    (SD15, "LoraLoader", MODEL),
+    (SD15, "LoraLoaderModelOnly", MODEL),
+    (SD15, "ConditioningCombine", BEFORE), (SD15, "ConditioningCombine", AFTER),
+    (SD15, "ConditioningSetArea", BEFORE), (SD15, "ConditioningSetArea", AFTER),
+    (SD15, "ConditioningSetMask", BEFORE), (SD15, "ConditioningSetMask", AFTER),
+    (SD15, "ConditioningSetTimestepRange", BEFORE), (SD15, "ConditioningSetTimestepRange", AFTER),
+    (SD15, "ConditioningConcat", BEFORE), (SD15, "ConditioningConcat", AFTER),
+    (SD15, "ConditioningAverage", BEFORE), (SD15, "ConditioningAverage", AFTER),
+    (SD15, "CLIPTextEncode: prompt weights `(word:1.3)`", TEXT),
+    (SD15, "CLIPTextEncode: textual inversion `embedding:name`", TEXT),
+    (SD15, "CLIPTextEncode: prompts over 77 CLIP tokens", TEXT),
+    (SD15, "EmptyLatentImage batch 4 + KSampler", SAMPLING),
+    (SDXL, "CLIPTextEncodeSDXL", BEFORE),
+    (SDXL, CONTROLNET, BEFORE), (SDXL, CONTROLNET, AFTER),
+    (SDXL, "LoraLoader", MODEL),
+    (SDXL, "ConditioningCombine", BEFORE), (SDXL, "ConditioningCombine", AFTER),
+    (SDXL, "ConditioningSetArea", BEFORE), (SDXL, "ConditioningSetArea", AFTER),
+    (SDXL, "EmptyLatentImage batch 2 + KSampler", SAMPLING),
 ]
 
-_rows: dict[tuple[str, str], dict] = {}
+_rows: dict[tuple[str, str, str], dict] = {}
 
 
-def verified(request, node: str, placement: str, what: str) -> None:
-    """Record that ``node`` composes at ``placement``; call it after the test's assertions."""
-    if (node, placement) not in EXPECTED:
-        raise KeyError(f"({node!r}, {placement!r}) is not in composition_matrix.EXPECTED")
-    _rows[(node, placement)] = {"node": node, "placement": placement, "verified": what,
-                                "test": request.node.nodeid}
+def verified(request, node: str, placement: str, what: str, model: str = SD15) -> None:
+    """Record that ``node`` composes at ``placement`` on ``model``; call it after the test's assertions."""
+    if (model, node, placement) not in EXPECTED:
+        raise KeyError(f"({model!r}, {node!r}, {placement!r}) is not in composition_matrix.EXPECTED")
+    _rows[(model, node, placement)] = {"model": model, "node": node, "placement": placement, "verified": what,
+                                       "test": request.node.nodeid}
     write_artifact(ARTIFACT)
+
+
+def _key(row: dict) -> tuple[str, str, str]:
+    return row.get("model", SD15), row["node"], row["placement"]  # artefacts from before SDXL: SD1.5
 
 
 def comfyui_version() -> str:
@@ -78,23 +90,25 @@ def write_artifact(path: Path) -> None:
     path.with_suffix(".md").write_text(markdown(data) + "\n")
 
 
-def missing(data: dict) -> list[tuple[str, str]]:
-    have = {(r["node"], r["placement"]) for r in data["rows"]}
+def missing(data: dict) -> list[tuple[str, str, str]]:
+    have = {_key(r) for r in data["rows"]}
     return [key for key in EXPECTED if key not in have]
 
 
 def markdown(data: dict) -> str:
-    """The table: one row per verified (node, placement), in EXPECTED's order."""
+    """The table: one row per verified (model, node, placement), in EXPECTED's order."""
     order = {key: i for i, key in enumerate(EXPECTED)}
-    rows = sorted(data["rows"], key=lambda r: order.get((r["node"], r["placement"]), len(order)))
+    rows = sorted(data["rows"], key=lambda r: order.get(_key(r), len(order)))
     lines = [f"Verified in a real ComfyUI {data['comfyui']} by the host tests named in the last column "
-             "(random-weight SD1.5 models; the tests assert what the UNet and ControlNet received).",
+             "(random-weight models: SD1.5, and a tiny SDXL-architecture model that ComfyUI detects as SDXL; "
+             "the tests assert what the UNet and ControlNet received).",
              "",
-             "| Stock node | Where | What the test asserts | Test |",
-             "|---|---|---|---|"]
+             "| Model | Stock node | Where | What the test asserts | Test |",
+             "|---|---|---|---|---|"]
     for r in rows:
         test = r["test"].split("::", 1)
-        lines.append(f"| {r['node']} | {r['placement']} | {r['verified']} | "
+        model, node, placement = _key(r)
+        lines.append(f"| {model} | {node} | {placement} | {r['verified']} | "
                      f"`{Path(test[0]).name}::{test[1] if len(test) > 1 else ''}` |")
     return "\n".join(lines)
 
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     absent = missing(data)
     if absent and not args.allow_partial:
         print("the artefact lacks rows (a partial or failing run):\n" +
-              "\n".join(f"  {n} ({p})" for n, p in absent), file=sys.stderr)
+              "\n".join(f"  {m}: {n} ({p})" for m, n, p in absent), file=sys.stderr)
         return 1
     table = markdown(data)
     if args.readme:

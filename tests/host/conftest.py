@@ -11,6 +11,10 @@ All session-scoped, sharing one temp ``--base-directory``:
 - ``comfy_server``: ``main.py`` on 127.0.0.1 (``ComfyServer``); its log is attached to the
   report of any failing test that used it.
 - ``comfy_host``: parametrised over both, for tests that must hold in either.
+- ``llm4gen_models``: the tiny LLM and an SD1.5 Cross-Adapter in the model folders;
+  ``sdxl_models``: a tiny SDXL UNet, its two text encoders and an SDXL Cross-Adapter (for the
+  tiny LLM) in the model folders; ``sdxl_clip_reference``: those text encoders' features
+  computed by transformers.
 
 Every test under tests/host is marked ``host``. A new host test looks like::
 
@@ -133,3 +137,38 @@ def llm4gen_models(comfy_base, tmp_path_factory) -> LLM4GENModels:
         adapter=comfy_base.place("llm4gen", adapter_path), adapter_path=adapter_path,
         t5_tokenizer=comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer", llm_dim=t5.config.d_model,
     )
+
+
+# --- SDXL ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SDXLModels:
+    """Tiny random SDXL-architecture models placed in the host's model folders (names as loaders
+    list them; tests/synthetic/sdxl.py says what each is)."""
+
+    unet: str           # models/diffusion_models: stock UNETLoader detects it as SDXL
+    clip_l: str         # models/text_encoders: for the tests' LLM4GENTestSDXLCLIPLoader
+    clip_g: str
+    adapter: str        # models/llm4gen: CAM safetensors, CLIP 2048 / the tiny LLM's width
+    adapter_path: Path
+
+
+@pytest.fixture(scope="session")
+def sdxl_models(comfy_base) -> SDXLModels:
+    from synthetic import sdxl
+
+    return SDXLModels(
+        unet=comfy_base.place("diffusion_models", sdxl.tiny_sdxl_unet(), "sdxl-tiny-unet.safetensors"),
+        clip_l=comfy_base.place("text_encoders", sdxl.tiny_sdxl_clip_l(), "sdxl-tiny-clip_l.safetensors"),
+        clip_g=comfy_base.place("text_encoders", sdxl.tiny_sdxl_clip_g(), "sdxl-tiny-clip_g.safetensors"),
+        adapter=comfy_base.place("llm4gen", sdxl.tiny_sdxl_projector(), "sdxl-tiny-cam.safetensors"),
+        adapter_path=sdxl.tiny_sdxl_projector(),
+    )
+
+
+@pytest.fixture(scope="session")
+def sdxl_clip_reference():
+    from synthetic import sdxl
+    from synthetic.clip_reference import SDXLClipReference
+
+    return SDXLClipReference(sdxl.tiny_sdxl_clip_l(), sdxl.tiny_sdxl_clip_g())

@@ -53,6 +53,23 @@ def use_separate_loaders(prompt: dict, unet_name: str, clip_name: str, vae_name:
     return prompt
 
 
+SDXL_CLIP_LOADER, CLIP = "LLM4GENTestSDXLCLIPLoader", "clip"  # tests/host/sdxl_clip_pack
+
+
+def sdxl_txt2img(unet_name: str, clip_l_name: str, clip_g_name: str, positive: str = "a red cube on a wooden table",
+                 negative: str = "", **options) -> dict:
+    """txt2img on SDXL, latents only: UNETLoader (an SDXL UNet) + the tests' SDXL CLIP loader
+    (``clip``: CLIP-L and bigG files of any depth) -> CLIPTextEncode (pos, neg) -> [recorder] ->
+    KSampler -> SaveLatent. ``options`` as txt2img's (size, batch, steps, ...)."""
+    prompt = txt2img("unused", positive, negative, **{"save_latent": True, **options})
+    del prompt[DECODE], prompt[SAVE]
+    prompt[CKPT] = {"class_type": "UNETLoader", "inputs": {"unet_name": unet_name, "weight_dtype": "default"}}
+    prompt[CLIP] = {"class_type": SDXL_CLIP_LOADER, "inputs": {"clip_l_name": clip_l_name, "clip_g_name": clip_g_name}}
+    for node in (POS, NEG):
+        prompt[node]["inputs"]["clip"] = [CLIP, 0]
+    return prompt
+
+
 def with_controlnet(prompt: dict, controlnet_name: str, positive_text: str | None, negative_text: str | None,
                     strength: float = 1.0) -> dict:
     """Apply a ControlNet (ControlNetApplyAdvanced, grey 64x64 hint) to both conds. A non-None

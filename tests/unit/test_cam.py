@@ -1,5 +1,8 @@
 """The CAM against the release's equations, written out independently of llm4gen_core (in
 ``synthetic.release_reference``, float64; docs/reference.md section 3)."""
+import dataclasses
+import math
+
 import pytest
 import torch
 
@@ -25,6 +28,37 @@ def test_matches_reference_equations_fp32(tmp_path, cfg, batch, tc, tl):
     assert fused.dtype == torch.float32
     assert (fused.double() - expected).abs().max().item() < 1e-5
     assert torch.equal(fused[:, :tc], clip), "the CLIP tokens pass through unchanged"
+
+
+# SDXL's per-token CLIP context (CLIP-L 768 + OpenCLIP bigG 1280, side by side) with RankGen's
+# width; FFN kept small here, as every size is read from the file.
+SDXL = CrossAdapterConfig(clip_dim=2048, llm_dim=2048, heads=8, ffn_dim=1024, depth=1)
+
+
+def test_sdxl_width_context_with_heads_from_the_file(tmp_path):
+    """[B, 77, 2048] + [B, 256, 2048] -> [B, 333, 2048] by the same equations, with 8 heads of 256
+    from the file's metadata; another head count in the metadata is another function; a file
+    without metadata (a plain .pth) gets the release's 8."""
+    from llm4gen_core import save_cross_adapter
+
+    state = cam_state(SDXL, seed=6)
+    g = torch.Generator().manual_seed(7)
+    clip, llm = torch.randn(1, 77, 2048, generator=g), torch.randn(1, 256, 2048, generator=g)
+    fused = {}
+    for heads in (8, 16):
+        save_cross_adapter(state, tmp_path / f"sdxl-{heads}.safetensors", dataclasses.replace(SDXL, heads=heads))
+        adapter = load_cross_adapter(tmp_path / f"sdxl-{heads}.safetensors")
+        assert adapter.config == dataclasses.replace(SDXL, heads=heads)
+        assert adapter.CrossFusionModule[0].heads == heads
+        with torch.no_grad():
+            fused[heads] = adapter(clip, llm)
+        assert fused[heads].shape == (1, 333, 2048)
+        expected = reference_fusion(state, clip, llm, heads)
+        assert (fused[heads].double() - expected).abs().max().item() < 1e-5, heads
+        assert torch.equal(fused[heads][:, :77], clip)
+    assert (fused[8] - fused[16]).abs().max() > 1e-3, "the head count from the file changes the result"
+    torch.save(state, tmp_path / "projector.pth")
+    assert load_cross_adapter(tmp_path / "projector.pth").config == SDXL
 
 
 def test_release_shape_is_333_tokens():

@@ -6,11 +6,13 @@ wrapper API (``comfy.patcher_extension.WrappersMP``), keyed so they compose with
 
 - APPLY_MODEL (inside ``BaseModel.apply_model``, once per batched UNet call): batch size,
   ``cond_or_uncond`` (which entries of the batch are positive=0 / negative=1), sigmas, the
-  cross-attention context ``c_crossattn`` the UNet gets, and the context a ControlNet in the
+  cross-attention context ``c_crossattn`` the UNet gets, its class/size vector ``y`` (SDXL's
+  pooled output and size embeddings; None for SD1.5), and the context a ControlNet in the
   same call was given by ComfyUI's rule (``comfy/controlnet.py``:
   ``cond.get('crossattn_controlnet', cond['c_crossattn'])``).
 - CALC_COND_BATCH (around the batching of conds): forward hooks on every ControlNet model
-  attached to the conds, so the context a ControlNet actually receives is observed directly.
+  attached to the conds, so the context (and ``y``) a ControlNet actually receives is observed
+  directly.
 
 Every record is one file, ``<output dir>/llm4gen_test_records/<prompt_id>/<seq>-<kind>.pt``,
 a dict of plain values and CPU tensors (``torch.load(..., weights_only=True)`` reads it), so a
@@ -82,6 +84,8 @@ def _apply_model_wrapper(label: str, keep: bool):
             "controlnet_context_key": cnet_key,
             "controlnet_context_shape": _shape(cnet_context),
             "controlnet_context": _tensor(cnet_context, keep) if cnet_key != "c_crossattn" else None,
+            "y_shape": _shape(kwargs.get("y")),
+            "y": _tensor(kwargs.get("y"), keep),
             "extra_keys": sorted(kwargs),
         })
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
@@ -116,6 +120,8 @@ def _calc_cond_batch_wrapper(label: str, keep: bool):
                     "batch_size": int(x.shape[0]) if torch.is_tensor(x) else None,
                     "context_shape": _shape(context),
                     "context": _tensor(context, keep),
+                    "y_shape": _shape(kwargs.get("y")),
+                    "y": _tensor(kwargs.get("y"), keep),
                     "hint_shape": _shape(kwargs.get("hint")),
                 })
             handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))

@@ -1,7 +1,6 @@
 """The CAM against the release's equations, written out independently of llm4gen_core (in
 ``synthetic.release_reference``, float64; docs/reference.md section 3)."""
 import dataclasses
-import math
 
 import pytest
 import torch

@@ -282,10 +282,12 @@ def sdxl_txt2img() -> Workflow:
         "sizes pass through untouched. 1024x1024, 30 steps, CFG 7.",
         "",
         "### Train the adapter (README-training.md)",
-        "`python -m llm4gen_core.train --base <sdxl diffusers folder> --llm models/LLM/rankgen-t5-xl-all/ "
+        "```",
+        "python -m llm4gen_core.train --base <sdxl diffusers folder> --llm models/LLM/rankgen-t5-xl-all/ "
         "--tokenizer ComfyUI/comfy/text_encoders/t5_tokenizer --data my_images/ --train cam "
-        "--resolution 1024 --output runs/sdxl-adapter`",
-        f"then copy `runs/sdxl-adapter/adapter.safetensors` to `llm4gen/{SDXL_ADAPTER}`. "
+        "--resolution 1024 --output runs/sdxl-adapter",
+        "```",
+        f"Then copy `runs/sdxl-adapter/adapter.safetensors` to `llm4gen/{SDXL_ADAPTER}`. "
         "`--train cam` keeps the UNet frozen, so the stock checkpoint below is the model it was trained for.",
         "",
         "### Files (ComfyUI `models/` folders)",

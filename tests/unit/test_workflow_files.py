@@ -165,7 +165,7 @@ def test_the_sdxl_notes_training_command_is_one_the_trainer_accepts():
 
     (note,) = [n for n in load(SDXL_NAME)["nodes"] if n["type"] == "MarkdownNote"]
     text = note["widgets_values"][0]
-    (command,) = re.findall(r"`(python -m llm4gen_core\.train [^`]+)`", text)
+    (command,) = re.findall(r"```\n(python -m llm4gen_core\.train [^`\n]+)\n```", text)
     argv = shlex.split(command.replace("<sdxl diffusers folder>", "sdxl-base/"))[3:]
     args = parser().parse_args(argv)
     assert args.base == "sdxl-base/" and args.train == "cam" and args.resolution == 1024

@@ -4,8 +4,9 @@ Each workflow in scripts/workflow_specs.py is created node by node in the fronte
 with ComfyUI (``comfyui-frontend-package``, served by a real ComfyUI with this pack loaded),
 driven by a headless Chromium; what the frontend's own serializer returns is written to
 ``example_workflows/<name>.json`` (the folder ComfyUI's template browser lists) and, byte for
-byte the same, to ``workflows/sd15/<name>.json`` (the repository's workflow folder; one level
-down because ComfyUI lists ``workflows/*.json`` of a pack too, and would show each template twice). The files are therefore exactly what "Save" in ComfyUI
+byte the same, to ``workflows/<family>/<name>.json`` (the repository's workflow folder, by model
+family: ``sd15``, ``sdxl``; one level down because ComfyUI lists ``workflows/*.json`` of a pack too,
+and would show each template twice). The files are therefore exactly what "Save" in ComfyUI
 writes for that graph (format, widget order, link table), not a hand-made imitation.
 
     .venv/bin/python scripts/build_workflows.py [--check]
@@ -33,7 +34,7 @@ except ImportError:  # run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "example_workflows"
-COPY_DIR = REPO / "workflows" / "sd15"  # same files; see the module docstring
+COPY_ROOT = REPO / "workflows"  # same files, in a subfolder per model family; see the module docstring
 VIEW = (1600, 860)  # the browser viewport the saved view is fitted to
 
 BUILD_JS = r"""
@@ -112,6 +113,12 @@ def build_in(browser: Browser) -> dict[str, dict]:
     return built
 
 
+def paths(name: str) -> list[Path]:
+    """Where workflow ``name`` is written: example_workflows/ and workflows/<family>/."""
+    (spec,) = [make() for make in workflow_specs.WORKFLOWS if make().name == name]
+    return [OUT_DIR / f"{name}.json", COPY_ROOT / spec.family / f"{name}.json"]
+
+
 def file_text(workflow: dict) -> str:
     return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
 
@@ -135,10 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             with comfyui_server.ComfyUIServer(base) as server:
                 built = build_all(server.url, Path(tmp))
     different = []
-    for folder in (OUT_DIR, COPY_DIR):
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, workflow in built.items():
-            path = folder / f"{name}.json"
+    for name, workflow in built.items():
+        for path in paths(name):
+            path.parent.mkdir(parents=True, exist_ok=True)
             text = file_text(workflow)
             if args.check:
                 if not path.exists() or path.read_text(encoding="utf-8") != text:

@@ -30,6 +30,9 @@ builder changes so the cache rebuilds), and written atomically (temp file + ``os
   ``tiny_sdxl_projector()``: an SDXL-architecture UNet that ComfyUI's own detection takes for
   SDXL, a ControlNet for it, its two text encoders at full width but 3 layers deep, and a
   Cross-Adapter for SDXL's 2048-wide CLIP tokens (see ``TINY_SDXL_UNET``).
+- ``tiny_sdxl_checkpoint()``: one SDXL checkpoint file (that UNet, SDXL's text encoders at full
+  size, the SD VAE) that stock CheckpointLoaderSimple loads as SDXL, ~2.1 GB: smoke mode's
+  stand-in for a checkpoint whose name says SDXL (``is_sdxl_name``), beside ``tiny_sdxl_projector()``.
 
 Command line (what the runner calls, so that torch and ComfyUI stay out of its own process)::
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -221,6 +225,18 @@ def tiny_sdxl_clip_g() -> Path:
                    lambda path: _write_sdxl_text_encoder(path, "clip_g", seed=24))
 
 
+def tiny_sdxl_checkpoint() -> Path:
+    """An SDXL checkpoint (one file, as ``sd_xl_base_1.0.safetensors`` is) that stock
+    CheckpointLoaderSimple loads as SDXL: ``TINY_SDXL_UNET``, with SDXL's two text encoders at
+    their FULL size (CLIP-L 12 layers, OpenCLIP bigG 32 layers, 817M parameters) and the SD VAE,
+    random, fp16, ~2.1 GB. The text encoders cannot be shrunk here: ComfyUI builds an SDXL
+    checkpoint's CLIP at the real depth whatever the file holds (missing layers would stay
+    uninitialised), and DualCLIPLoader tells bigG by its 31st layer. Built once and cached
+    (~1 minute); the smoke runner's SDXL stand-in."""
+    return _cached(f"sdxl-tiny-checkpoint-{BUILDER_VERSION}.safetensors",
+                   lambda path: _write_checkpoint(path, TINY_SDXL_UNET, seed=26, sdxl=True))
+
+
 def tiny_sdxl_projector() -> Path:
     """A Cross-Adapter for SDXL's per-token CLIP context (2048 wide: CLIP-L + bigG) and
     tiny_rankgen()'s width, random, as ``llm4gen_core`` writes adapters (safetensors, heads and
@@ -348,16 +364,23 @@ def tiny_projector() -> Path:
 
 # --- stand-ins by model folder: what the runner places under the workflows' file names -------
 
+def is_sdxl_name(name: str) -> bool:
+    """Whether a file name says SDXL (``sd_xl_base_1.0.safetensors``, ``llm4gen_sdxl_adapter...``):
+    smoke mode then stands in an SDXL checkpoint or an SDXL-width Cross-Adapter."""
+    return re.search(r"sd[_-]?xl", Path(name).name.lower()) is not None
+
+
 def stand_in(folder: str, name: str) -> Path:
-    """The random file (or folder) that stands in for ``models/<folder>/<name>``."""
+    """The random file (or folder) that stands in for ``models/<folder>/<name>``: chosen by the
+    folder, and for checkpoints and Cross-Adapters by whether the name says SDXL."""
     if folder == "diffusion_models":
         return small_diffusers_unet()
     if folder == "checkpoints":
-        return small_sd15_checkpoint()
+        return tiny_sdxl_checkpoint() if is_sdxl_name(name) else small_sd15_checkpoint()
     if folder in ("LLM", "text_encoders") and "." not in Path(name).name:
         return tiny_rankgen()
     if folder == "llm4gen":
-        return tiny_projector()
+        return tiny_sdxl_projector() if is_sdxl_name(name) else tiny_projector()
     if folder == "controlnet":
         return xs_sd15_controlnet()
     if folder == "loras":
@@ -463,19 +486,21 @@ def _unet_state(unet_config: dict, seed: int, dtype, sdxl: bool = False) -> dict
     return _unet_model(unet_config, seed, dtype, sdxl).diffusion_model.state_dict()
 
 
-def _write_checkpoint(path: Path, unet_config: dict, seed: int) -> None:
+def _write_checkpoint(path: Path, unet_config: dict, seed: int, sdxl: bool = False) -> None:
     torch, comfy = _comfy()
     import comfy.ldm.models.autoencoder
     import comfy.sd1_clip
+    import comfy.sdxl_clip
 
-    dtype = torch.float16  # what SD1.5 checkpoints ship in; ComfyUI upcasts as it needs
-    model = _unet_model(unet_config, seed, dtype)
-    clip = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=dtype)
+    dtype = torch.float16  # what SD1.5 and SDXL checkpoints ship in; ComfyUI upcasts as it needs
+    model = _unet_model(unet_config, seed, dtype, sdxl=sdxl)
+    clip = (comfy.sdxl_clip.SDXLClipModel if sdxl else comfy.sd1_clip.SD1ClipModel)(device="cpu", dtype=dtype)
     _randomize(clip, seed + 1000)
     vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(SD_VAE), embed_dim=4)
     _randomize(vae, seed + 2000)
     state = model.state_dict_for_saving(clip.state_dict(), {k: v.to(dtype) for k, v in vae.state_dict().items()})
-    _save(state, path, {"llm4gen_synthetic": f"{path.name}: random SD1.5, seed {seed}, unet {json.dumps(unet_config)}"})
+    family = "SDXL" if sdxl else "SD1.5"
+    _save(state, path, {"llm4gen_synthetic": f"{path.name}: random {family}, seed {seed}, unet {json.dumps(unet_config)}"})
 
 
 def _write_controlnet(path: Path, unet_config: dict, seed: int) -> None:

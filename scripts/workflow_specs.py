@@ -20,6 +20,8 @@ PROJECTOR = "projector.pth"                          # models/llm4gen/
 CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"  # models/controlnet/
 LORA = "your_sd15_lora.safetensors"                  # models/loras/ (any SD1.5 LoRA)
 CONTROL_IMAGE = "example.png"                        # input/ (ComfyUI ships it)
+SDXL = "sd_xl_base_1.0.safetensors"                  # models/checkpoints/ (SDXL base: UNet, CLIP-L + bigG, VAE)
+SDXL_ADAPTER = "llm4gen_sdxl_adapter.safetensors"    # models/llm4gen/ (an SDXL adapter you trained)
 
 RELEASE_PROMPT = ("Ground view of the Great Pyramids and Sphinx on the moon's surface. The back of an "
                   "astronaut is in the foreground. The planet Earth looms in the sky.")
@@ -59,6 +61,7 @@ class Workflow:
     nodes: list[Node]
     links: list[tuple[str, int, str, str]]  # (from node, output index, to node, input name)
     groups: list[tuple[str, tuple[float, float, float, float], str]] = field(default_factory=list)
+    family: str = "sd15"  # the workflows/ subfolder holding the repository's copy
 
 
 def _files_note(extra: list[str]) -> str:
@@ -265,4 +268,74 @@ def dense_prompt_comparison() -> Workflow:
                     nodes + llm4gen + stock, links + llm4gen_links + stock_links)
 
 
-WORKFLOWS = [txt2img, apply_conditioning, controlnet_lora, dense_prompt_comparison]
+SDXL_PROMPT = ("A red fox in a yellow knitted scarf sits on a mossy stump to the left of a small wooden mailbox "
+               "painted blue; behind them a foggy pine forest at sunrise, and on the right three white mushrooms "
+               "with brown spots grow beside a puddle that reflects the orange sky.")
+
+
+def sdxl_txt2img() -> Workflow:
+    note = Node("note", "MarkdownNote", (0, -40), (330, 440), "Read me: LLM4GEN SDXL", {"text": "\n".join([
+        "## LLM4GEN SDXL text-to-image",
+        "SDXL base with a Cross-Adapter you trained (no LLM4GEN SDXL weights are published). CLIP Text "
+        "Encode (SDXL) gives CLIP-L + bigG (77 tokens, 2048 wide) with the size keys; Apply LLM4GEN "
+        "Conditioning fuses RankGen T5-XL's 256 tokens into them (333 tokens); bigG's pooled output and the "
+        "sizes pass through untouched. 1024x1024, 30 steps, CFG 7.",
+        "",
+        "### Train the adapter (README-training.md)",
+        "```",
+        "python -m llm4gen_core.train --base <sdxl diffusers folder> --llm models/LLM/rankgen-t5-xl-all/ "
+        "--tokenizer ComfyUI/comfy/text_encoders/t5_tokenizer --data my_images/ --train cam "
+        "--resolution 1024 --output runs/sdxl-adapter",
+        "```",
+        f"Then copy `runs/sdxl-adapter/adapter.safetensors` to `llm4gen/{SDXL_ADAPTER}`. "
+        "`--train cam` keeps the UNet frozen, so the stock checkpoint below is the model it was trained for.",
+        "",
+        "### Files (ComfyUI `models/` folders)",
+        f"- `checkpoints/{SDXL}`: Stable Diffusion XL base 1.0 (UNet, CLIP-L + bigG, VAE)",
+        f"- `llm4gen/{SDXL_ADAPTER}`: your SDXL Cross-Adapter (CLIP width 2048)",
+        f"- `LLM/{RANKGEN}/`: the RankGen T5-XL folder the adapter was trained with",
+        "",
+        "Press **R** after adding files. The nodes never download anything.",
+    ])}, YELLOW)
+    nodes = [
+        note,
+        Node("load_ckpt", "CheckpointLoaderSimple", (0, 440), (330, 98), "Load Checkpoint (SDXL base)",
+             {"ckpt_name": SDXL}, GREEN),
+        Node("load_llm", "LLM4GENLoadLLM", (0, 590), (330, 106), "Load LLM (RankGen T5-XL)",
+             {"model": RANKGEN, "dtype": "auto", "device": "default"}, GREEN),
+        Node("load_cam", "LLM4GENLoadCrossAdapter", (0, 740), (330, 58), "Load LLM4GEN Cross-Adapter (SDXL, yours)",
+             {"adapter_name": SDXL_ADAPTER}, GREEN),
+        *_prompts(370, 0, SDXL_PROMPT),
+    ]
+    size = {"width": 1024, "height": 1024, "crop_w": 0, "crop_h": 0, "target_width": 1024, "target_height": 1024}
+    links = []
+    for side, key, y in (("pos", "prompt", 0), ("neg", "negative", 620)):
+        label = "positive" if side == "pos" else "negative"
+        nodes += [
+            Node(f"llm_{side}", "LLM4GENLLMEncode", (770, y), (300, 100), f"LLM Encode ({label})"),
+            Node(f"clip_{side}", "CLIPTextEncodeSDXL", (770, y + 150), (300, 300),
+                 f"CLIP Text Encode (SDXL, {label})", dict(size)),
+            Node(f"fuse_{side}", "LLM4GENApplyConditioning", (1110, y), (300, 160),
+                 f"Apply LLM4GEN Conditioning ({label})"),
+        ]
+        links += [("load_llm", 0, f"llm_{side}", "llm"), (key, 0, f"llm_{side}", "text"),
+                  ("load_ckpt", 1, f"clip_{side}", "clip"), (key, 0, f"clip_{side}", "text_g"),
+                  (key, 0, f"clip_{side}", "text_l"),
+                  (f"clip_{side}", 0, f"fuse_{side}", "conditioning"), ("load_cam", 0, f"fuse_{side}", "adapter"),
+                  (f"llm_{side}", 0, f"fuse_{side}", "llm_embeds")]
+    nodes.append(Node("latent", "EmptyLatentImage", (1450, 390), (300, 106), "Empty Latent Image",
+                      {"width": 1024, "height": 1024, "batch_size": 1}))
+    nodes += [
+        Node("sampler", "KSampler", (1450, 0), (300, 262), "KSampler (SDXL settings)",
+             {"seed": 1, "control_after_generate": "fixed", "steps": 30, "cfg": 7.0, "sampler_name": "dpmpp_2m",
+              "scheduler": "karras", "denoise": 1.0}),
+        Node("decode", "VAEDecode", (1450, 300), (300, 46), None),
+        Node("save", "SaveImage", (1790, 0), (420, 470), None, {"filename_prefix": "llm4gen/sdxl_txt2img"}),
+    ]
+    links += [("load_ckpt", 0, "sampler", "model"), ("fuse_pos", 0, "sampler", "positive"),
+              ("fuse_neg", 0, "sampler", "negative"), ("latent", 0, "sampler", "latent_image"),
+              ("sampler", 0, "decode", "samples"), ("load_ckpt", 2, "decode", "vae"), ("decode", 0, "save", "images")]
+    return Workflow("llm4gen_sdxl_txt2img", "LLM4GEN SDXL text-to-image (your adapter)", nodes, links, family="sdxl")
+
+
+WORKFLOWS = [txt2img, apply_conditioning, controlnet_lora, dense_prompt_comparison, sdxl_txt2img]

@@ -77,3 +77,20 @@ def test_no_smoke_stops_when_files_are_missing(tmp_path):
     code, out = run_runner(str(WORKFLOW), "--base-directory", str(tmp_path / "real"), "--no-smoke")
     assert code == 1
     assert "--no-smoke: stopping" in out and "SMOKE MODE" not in out and not saved_paths(out)
+
+
+def test_smoke_mode_runs_the_sdxl_workflow_on_sdxl_stand_ins(tmp_path):
+    """The SDXL workflow in smoke mode: its checkpoint and adapter names get the SDXL stand-ins
+    (a checkpoint stock CheckpointLoaderSimple loads as SDXL, an adapter of CLIP width 2048)."""
+    smoke = tmp_path / "smoke"
+    workflow = REPO / "example_workflows" / "llm4gen_sdxl_txt2img.json"
+    code, out = run_runner(str(workflow), "--smoke", "--smoke-base", str(smoke), "--size", "64", "--steps", "2")
+    assert code == 0, out
+    assert "SMOKE MODE: RANDOM WEIGHTS" in out
+    assert "steps 2 (workflow: 30)" in out and "size 64x64 (workflow: 1024x1024)" in out
+    checkpoint = smoke / "models/checkpoints" / specs.SDXL
+    adapter = smoke / "models/llm4gen" / specs.SDXL_ADAPTER
+    assert "sdxl-tiny-checkpoint" in checkpoint.resolve().name and "cam-sdxl-tiny" in adapter.resolve().name
+    ((path, label),) = saved_paths(out)
+    assert "SMOKE MODE" in label and smoke in path.parents
+    assert_picture(path, 64)

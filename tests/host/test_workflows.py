@@ -1,6 +1,7 @@
 """The bundled workflows in a real ComfyUI server: every node exists, the template browser lists
 and serves them, and each one runs on random weights (64x64, 2 steps) with the UNet and any
-ControlNet receiving what the workflow promises."""
+ControlNet receiving what the workflow promises. The SDXL workflow runs on smoke mode's SDXL
+checkpoint stand-in, which stock CheckpointLoaderSimple loads as SDXL."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +21,12 @@ def host(tmp_path_factory):
     return workflow_host(tmp_path_factory)
 
 
-def test_the_four_bundled_workflows_are_found():
+SDXL = "llm4gen_sdxl_txt2img"
+
+
+def test_the_five_bundled_workflows_are_found():
     assert NAMES == ["llm4gen_sd15_apply_conditioning", "llm4gen_sd15_controlnet_lora", "llm4gen_sd15_txt2img",
-                     "llm4gen_vs_sd15_dense_prompt"]
+                     "llm4gen_sdxl_txt2img", "llm4gen_vs_sd15_dense_prompt"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -92,6 +96,10 @@ def test_the_workflow_runs_on_random_weights(host, name):
     result = host.server.run(with_recorders(tiny(prompt)), timeout=900)
     saved = [p for p in result.images() if "/output/" in str(p)]
     assert len(saved) == 1, result.outputs
+    if name == SDXL:
+        assert_sdxl_run(host, prompt, result)
+        assert_picture(saved[0], (64, 64))
+        return
     llm4gen_samplers = sampler_ids(prompt, "UNETLoader")
     assert len(llm4gen_samplers) == 1
     # The released UNet's context: 77 CLIP + 256 LLM tokens for the positive and for the negative
@@ -118,3 +126,20 @@ def test_the_workflow_runs_on_random_weights(host, name):
         assert all(c["hint_shape"][-2:] == [64, 64] for c in controlnet)
         log = host.server.log()
         assert "lora key not loaded" not in log, "the LoRA's keys must all patch the UNet or CLIP"
+
+
+def assert_sdxl_run(host, prompt: dict, result) -> None:
+    """The checkpoint is loaded as SDXL with its full-depth CLIP (nothing missing but what SDXL
+    checkpoints never hold), and the UNet gets SDXL's fused context and its size-conditioned y."""
+    (sampler,) = sampler_ids(prompt, "CheckpointLoaderSimple")
+    calls = result.records("unet", label=sampler)
+    assert len(calls) == STEPS
+    for call in calls:
+        # 77 CLIP-L + bigG tokens (768 + 1280) fused with 256 LLM tokens, positive and negative
+        # batched; y: bigG's pooled output (1280) + 6 size embeddings (256 each).
+        assert call["context_shape"] == [2, 333, 2048] and call["y_shape"] == [2, 2816]
+        assert sorted(call["cond_or_uncond"]) == [0, 1]
+    # ComfyUI warns "clip missing" when a checkpoint lacks text-encoder weights it builds (a
+    # shrunk bigG would leave layers uninitialised); SDXL files never hold CLIP-L's projection
+    # and logit scale, which it does not warn about.
+    assert "clip missing" not in host.server.log()

@@ -195,9 +195,12 @@ CLAIMS = [
 ]
 # Numbers given in words, found by reading (the scan below finds digits only).
 WORDED = [
-    Claim("README.md", "The four bundled workflows",
-          "tests/unit/test_workflow_files.py::test_the_bundled_workflows_are_the_four_specified", ("sorted(NAMES)",),
-          lambda: len(constant("tests/unit/test_workflow_files.py", "NAMES")) == 4),
+    Claim("README.md", "The five bundled workflows",
+          "tests/unit/test_workflow_files.py::test_the_bundled_workflows_are_the_five_specified", ("sorted(NAMES)",),
+          lambda: len(constant("tests/unit/test_workflow_files.py", "SD15_NAMES")) + 1 == 5),
+    Claim("README.md", "four for SD1.5, one for SDXL",
+          "tests/unit/test_workflow_files.py::test_workflows_folder_holds_the_same_files", ("FAMILY",),
+          lambda: len(constant("tests/unit/test_workflow_files.py", "SD15_NAMES")) == 4),
     Claim("README-safety.md", "byte-for-byte the same after every node (tested for all five)",
           holds=lambda: all(source(f"tests/host/test_safety_nodes.py::{t}") for t in (
               "test_loaders_leave_their_inputs_and_files_unchanged", "test_llm_encode_leaves_the_llm_unchanged",

@@ -21,10 +21,8 @@ T5 and a few generated images, at 64x64 for two steps. Then, in ComfyUI 0.3.75:
 """
 from __future__ import annotations
 
-import copy
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,16 +32,15 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from comfy_harness import RECORDER_NODE  # noqa: E402
-from llm4gen_core import load_cross_adapter, load_llm  # noqa: E402
+from llm4gen_core import load_llm  # noqa: E402
 from llm4gen_core.recipe import META_PREFIX, LLMRecipe  # noqa: E402
 from llm4gen_core.train.base import load_base  # noqa: E402
-from llm4gen_core.train.cli import main as train_main  # noqa: E402
-from llm4gen_core.train.text import FrozenTextEncoders  # noqa: E402
 from llm4gen_core.train.unet_layout import diffusers_key_map  # noqa: E402
 from scripts import workflow_api  # noqa: E402
 from synthetic import sd15  # noqa: E402
 from synthetic.comfy_env import comfyui_root  # noqa: E402
 from train.tiny_models import build_data  # noqa: E402
+from train_support import FP32, Run, lora_key_warnings, peft_reference, run_trainer, trained_features  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -52,21 +49,6 @@ STEPS, SIZE = 2, 64                 # sampler steps and image size in the graphs
 LORA_RANK, LORA_ALPHA = 4, 2.0       # LoRA scale 0.5: an export that drops alpha/rank is caught
 LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")  # what the trainer puts a LoRA on
 LORA_MAX_TOKENS = 48                 # the cam+lora run's LLM length (LLM Encode in the workflow says 256)
-FP32 = 1e-4                          # max abs difference between two fp32 computations of one thing
-
-
-@dataclass(frozen=True)
-class Run:
-    output: Path
-    args: list[str]
-
-
-def _reset_accelerate() -> None:
-    """Each in-process run makes its own Accelerator; accelerate keeps one state per process."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-
 
 @pytest.fixture(scope="module")
 def train_inputs(tmp_path_factory, llm4gen_models):
@@ -79,14 +61,9 @@ def train_inputs(tmp_path_factory, llm4gen_models):
 def _train(inputs: dict, output: Path, mode: str, *extra: str) -> Run:
     args = ["--base", str(inputs["base"]), "--clip-tokenizer", str(inputs["clip_tokenizer"]),
             "--llm", str(inputs["llm"]), "--tokenizer", str(inputs["tokenizer"]), "--data", str(inputs["data"]),
-            "--train", mode, "--output", str(output), "--resolution", str(SIZE), "--batch-size", "1",
+            "--train", mode, "--resolution", str(SIZE), "--batch-size", "1",
             "--max-steps", "2", "--checkpoint-every", "2", "--caption-dropout", "0", "--seed", "3", *extra]
-    _reset_accelerate()
-    try:
-        assert train_main(args) == 0
-    finally:
-        _reset_accelerate()
-    return Run(output, args)
+    return run_trainer(args, output)
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +94,7 @@ def trainer_side(train_inputs):
 def trained_context(trainer_side, adapter_path: Path, texts: list[str]) -> torch.Tensor:
     """The UNet context the trainer computes for ``texts``: its own text path, the written CAM, the
     recipe that CAM records."""
-    base, llm = trainer_side
-    adapter = load_cross_adapter(adapter_path, dtype=torch.float32).eval()
-    base.text_encoder.eval()
-    features = FrozenTextEncoders(base, llm, adapter.recipe).features(texts)
-    with torch.no_grad():
-        return adapter(features.clip, features.llm)
+    return trained_features(*trainer_side, adapter_path, texts)[1]
 
 
 # --- the host -----------------------------------------------------------------------------------
@@ -216,10 +188,6 @@ def assert_trained_context(result, trainer_side, adapter_path: Path, texts: dict
     assert (expected["positive"] - expected["negative"]).abs().max() > 0.1, "the two prompts must differ"
 
 
-def lora_key_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "lora key not loaded" in r.getMessage()]
-
-
 # --- 1. the bundled workflow on the cam+unet run ---------------------------------------------
 
 def test_bundled_workflow_feeds_the_trained_unet_the_trained_context(comfy, comfy_base, sd15_checkpoint,
@@ -274,19 +242,8 @@ def test_exported_comfyui_unet_predicts_what_the_diffusers_unet_predicts(comfy, 
 # --- 3. the LoRA through stock LoraLoaderModelOnly -------------------------------------------
 
 def _peft_reference(base_unet, lora_run: Run):
-    """The base UNet with the LoRA the run trained, as peft computes it: rank and alpha from the
-    command line, weights from the run's last checkpoint (not from lora.safetensors)."""
-    from peft import LoraConfig
-    from safetensors.torch import load_file
-
-    unet = copy.deepcopy(base_unet).eval()
-    unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, target_modules=list(LORA_TARGETS)))
-    trained = {k[len("unet."):]: v for k, v in load_file(str(lora_run.output / "checkpoint-2" / "trainable.safetensors")).items()
-               if k.startswith("unet.")}
-    own = {k: v for k, v in unet.state_dict().items() if "lora_" in k}
-    assert set(trained) == set(own), "the checkpoint's LoRA is not the one configured here"
-    unet.load_state_dict(trained, strict=False)
-    return unet
+    """The base UNet with the LoRA the run trained, as peft computes it (train_support.peft_reference)."""
+    return peft_reference(base_unet, lora_run.output / "checkpoint-2", LORA_RANK, LORA_ALPHA, LORA_TARGETS)
 
 
 def test_trained_lora_patches_comfyuis_unet_as_peft_computes_it(comfy, comfy_base, sd15_checkpoint, lora_run,

@@ -183,3 +183,13 @@ def test_adam8bit_without_bitsandbytes_says_what_to_install(tiny, tmp_path, monk
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     assert main(train_args(tiny, tmp_path / "o", "--optimizer", "adam8bit", steps=1)) == 2
     assert "pip install bitsandbytes" in capsys.readouterr().err
+
+
+def test_spacy_pairs_without_spacy_say_what_to_install(tiny, tmp_path, monkeypatch, capsys):
+    """spaCy's English pipeline is not on the package index, so only its absence is tested here."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    assert main(train_args(tiny, tmp_path / "o", "--entity-loss-weight", "0.1", "--entity-pairs", "spacy",
+                           steps=1)) == 2
+    assert "python -m spacy download en_core_web_sm" in capsys.readouterr().err

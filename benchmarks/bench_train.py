@@ -44,7 +44,7 @@ def sd15_inputs(folder: Path) -> tuple[list[str], int]:
     clip_tokenizer, t5_tokenizer = tiny_models.comfy_tokenizers()
     t5 = tiny_t5_encoder(seed=1, vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_layers=2)
     llm = tiny_t5_rankgen_folder(folder / "t5-2048", t5, fmt="safetensors")
-    data = tiny_models.build_data(folder / "data")
+    data = tiny_models.build_data(folder / "data", size=288)
     return (["--base", str(full_sd15_checkpoint()), "--clip-tokenizer", str(clip_tokenizer), "--llm", str(llm),
              "--tokenizer", str(t5_tokenizer), "--data", str(data), "--resolution", "256", "--batch-size", "1"], 4)
 

@@ -126,14 +126,14 @@ def draw(colour: str, shape: str, size: int = 48):
     return image
 
 
-def build_data(folder: Path) -> Path:
+def build_data(folder: Path, size: int = 48) -> Path:
     """16 images, one per colour and shape, captioned with both (and the pair, for the entity loss)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for colour in COLOURS:
         for shape in SHAPES:
             name = f"{colour}_{shape}.png"
-            draw(colour, shape).save(folder / name)
+            draw(colour, shape, size).save(folder / name)
             lines.append({"file_name": name, "text": f"a {colour} {shape} on a grey background",
                           "pairs": [[colour, shape]]})
     (folder / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .dtypes import auto_dtype
 from .errors import CheckpointError, LLMLoadError
 from .safe_files import (
     FLOAT_DTYPES, check_weight, check_zip_records, first_line, listed, read_json, read_tensor_file, sniff_format,
@@ -48,11 +49,10 @@ def resolve_device(device) -> torch.device:
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """``None``/"auto": fp32 on CPU; on CUDA bf16 where the GPU has it, else fp16."""
+    """``None``/"auto": on CUDA bf16 where the GPU has it, else fp16; on a CPU bf16 only where it has
+    native bf16 matrix units, else fp32 (:mod:`.dtypes`; the choice and its reason are logged once)."""
     if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return auto_dtype(device).dtype
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPES:

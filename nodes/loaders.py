@@ -33,7 +33,10 @@ class LoadLLM(io.ComfyNode):
                 ),
                 io.Combo.Input(
                     "dtype", options=["auto", "fp32", "bf16", "fp16"], default="auto",
-                    tooltip="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.",
+                    tooltip="The dtype the LLM computes in. auto: bf16 on GPUs that support it, else fp16; on a "
+                            "CPU bf16 only where it has native bf16 units (AVX512-BF16 or AMX), else fp32 (the "
+                            "log says which and why). A scaled-fp8 file (python -m llm4gen_core.convert llm ... "
+                            "--dtype fp8) keeps its weights in fp8 and computes in this dtype.",
                 ),
                 io.Combo.Input(
                     "device", options=["default", "cpu"], default="default",

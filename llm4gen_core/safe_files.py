@@ -68,14 +68,18 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, metadata
 
 
-def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def read_torch_checkpoint(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A torch checkpoint's state dict. ``mmap``: a zip checkpoint's tensors are memory-mapped
+    from the file (nothing is read until used) rather than read into memory; a legacy one is
+    always read whole (torch can map only the zip format)."""
     try:
         fmt = sniff_format(path)
         if fmt == "torch-pickle":
             _check_legacy_declared_sizes(path)
         elif fmt == "torch-zip":
             check_zip_records(path)
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        mapped = {"mmap": True} if mmap and fmt == "torch-zip" else {}
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, **mapped)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise CheckpointError(

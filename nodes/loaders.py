@@ -59,8 +59,8 @@ class LoadLLM(io.ComfyNode):
             log.info("LLM4GEN: %s has no T5 tokenizer of its own; using ComfyUI's (%s)", model, tokenizer)
         llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device)
         patcher = make_patcher(llm.model, load_device, offload_device)
-        log.info("LLM4GEN: loaded %s (%s, %d-d features, %s on %s)", model, llm.kind, llm.hidden_size,
-                 compute_dtype, load_device)
+        log.info("LLM4GEN: loaded %s (%s, %d-d features, %s weights, computes in %s on %s)", model, llm.kind,
+                 llm.hidden_size, llm.weights, compute_dtype, load_device)
         return io.NodeOutput(LoadedLLM(llm=llm, patcher=patcher, name=model))
 
 

@@ -194,11 +194,12 @@ def open_t5_encoder(weights: WeightFiles, path: Path, config: dict | None, dtype
 
 def _scaled_fp8_marker(refs: dict, path: Path) -> bool:
     """Whether the file says its fp8 weights are scaled (ComfyUI's ``scaled_fp8`` key, at the root
-    or under a wrapper prefix); the marker keys are taken out of ``refs``."""
+    or under a wrapper prefix; its dtype is the weights' fp8 type, float32 meaning float8_e4m3fn as
+    in ComfyUI); the marker keys are taken out of ``refs``."""
     markers = [k for k in refs if k == fp8.MARKER or k.endswith("." + fp8.MARKER)]
     for key in markers:
         ref = refs.pop(key)
-        if ref.dtype != fp8.FP8:
+        if ref.dtype not in (fp8.FP8, torch.float32):
             raise CheckpointError(path, f"{key} says the weights are scaled {ref.dtype}; only float8_e4m3fn scaled "
                                         "weights are supported")
     return bool(markers)
@@ -299,7 +300,8 @@ def _check_layer_count(declared, state_keys, config_source, field: str, prefix: 
                    f"({field} is {declared}, the files hold {len(found)} layers)")
     else:
         problem = f"{field} is {declared} but the files hold {len(found)} layers ({prefix}0.* to {prefix}{found[-1]}.*)"
-    raise LLMLoadError(f"{config_source}: the weights do not fit config.json: {problem} "
+    declared_in = "config.json" if str(config_source).endswith("config.json") else "the config"
+    raise LLMLoadError(f"{config_source}: the weights do not fit {declared_in}: {problem} "
                        "(are the config and the weights from the same model?)")
 
 

@@ -101,10 +101,17 @@ class WeightFiles:
         self.refs.clear()
 
     def __enter__(self):
+        # The per-chunk checks and copies are memory-bound and small: split over torch's intra-op
+        # threads they gain nothing, and on a busy machine each of the thousands of small parallel
+        # ops can wait milliseconds for its threads (an XL fp32 load took 8-12 s with 2 threads on a
+        # loaded 2-core machine, 3.4 s with one). One thread while the files are open.
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         return self
 
     def __exit__(self, *exc):
         self.close()
+        torch.set_num_threads(self._threads)
         return False
 
 

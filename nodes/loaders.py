@@ -29,7 +29,8 @@ class LoadLLM(io.ComfyNode):
                 io.Combo.Input(
                     "model", options=model_folders.llm_choices(),
                     tooltip="A model folder (Hugging Face layout, e.g. the RankGen T5-XL folder) or a single "
-                            ".safetensors T5 encoder, from models/text_encoders or models/LLM. Never downloaded.",
+                            ".safetensors T5 encoder (e.g. a bf16, fp16 or fp8 file written by python -m "
+                            "llm4gen_core.convert llm), from models/text_encoders or models/LLM. Never downloaded.",
                 ),
                 io.Combo.Input(
                     "dtype", options=["auto", "fp32", "bf16", "fp16"], default="auto",

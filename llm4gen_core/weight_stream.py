@@ -9,7 +9,9 @@ the weights, in the dtype asked for, and never the whole file besides.
   and memory-mapped; a tensor's bytes are only read when it is loaded.
 - torch zip checkpoints (``.bin``/``.pth``): ``torch.load(mmap=True, weights_only=True)`` after the
   checks of :mod:`.safe_files`; the same.
-- legacy (pre-zip) torch checkpoints cannot be mapped by torch: they are read whole, as before.
+- legacy (pre-zip) torch checkpoints, which torch cannot map: mapped by
+  :func:`~.safe_files.read_torch_checkpoint` itself (the same weights-only unpickler); files outside
+  the common layout (big-endian, pre-1.0 storage views) are read whole by torch.load.
 
 Loading a tensor copies it, in chunks of at most :data:`CHUNK_BYTES`, into a fresh tensor of the
 dtype asked for (never a view of the file, so nothing the model holds depends on the file staying

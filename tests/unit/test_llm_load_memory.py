@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from llm4gen_core.llm_convert import convert_llm
-from synthetic.llm import sized_t5_encoder, tiny_spm_tokenizer, tiny_t5_rankgen_folder, tiny_t5_safetensors
+from synthetic.llm import sized_t5_encoder, t5_state, tiny_spm_tokenizer, tiny_t5_rankgen_folder, tiny_t5_safetensors
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's VmHWM reset")
 
@@ -59,7 +59,9 @@ def files(tmp_path_factory):
         "tokenizer": tiny_spm_tokenizer(root / "tok"),
         "rankgen-bin-fp32": tiny_t5_rankgen_folder(root / "rankgen", model, fmt="bin"),
         "safetensors-fp32": tiny_t5_safetensors(root / "t5-fp32.safetensors", model),
+        "legacy-bin-fp32": root / "t5-legacy.pth",
     }
+    torch.save(t5_state(model), out["legacy-bin-fp32"], _use_new_zipfile_serialization=False)
     del model
     for dtype in ("bf16", "fp8"):
         out[f"converted-{dtype}"] = root / f"t5-{dtype}.safetensors"
@@ -77,6 +79,7 @@ def peak_growth(path, tokenizer, dtype) -> dict:
 @pytest.mark.parametrize("source, dtype, weights_dtype", [
     ("rankgen-bin-fp32", "bf16", torch.bfloat16),   # the release's .bin, cast tensor by tensor
     ("rankgen-bin-fp32", "fp32", torch.float32),
+    ("legacy-bin-fp32", "bf16", torch.bfloat16),    # a pre-zip torch file, mapped by the pack's own reader
     ("safetensors-fp32", "bf16", torch.bfloat16),
     ("safetensors-fp32", "fp32", torch.float32),
     ("converted-bf16", "bf16", torch.bfloat16),

@@ -5,6 +5,7 @@
 - ``rankgen_folder(size)``: that encoder saved in RankGen's release layout (config.json with
   ``auto_map``, ``pytorch_model.bin`` with the encoder under ``t5_encoder.`` beside
   ``projection``, no tokenizer), cached under the test models' cache; what Load LLM reads.
+- ``converted_file(size, dtype)``: that folder converted to one bf16 / fp16 / scaled-fp8 file.
 - ``release_cam_file(folder, llm_dim)``: a Cross-Adapter with the release's dims and key names.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import common
 
 common.add_paths()
 
-BUILDER_VERSION = "v1"
+BUILDER_VERSION = "v2"  # v2: T5's own initialisation (see random_t5_encoder)
 SIZES = {  # google/t5-v1_1-small and -xl encoders (RankGen's is the XL one)
     "small": dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_heads=6),
     "xl": dict(d_model=2048, d_kv=64, d_ff=5120, num_layers=24, num_heads=32),
@@ -33,7 +34,15 @@ NAMES = {"small": "t5-v1.1-small", "xl": "t5-xl (RankGen)", "xl-1layer": "t5-xl 
 
 
 def random_t5_encoder(dims: dict, dtype: torch.dtype = torch.float32, device="cpu", seed: int = 0):
-    """A T5EncoderModel with random weights (N(0, 1/fan_in), unit norms), built in place."""
+    """A T5EncoderModel with random weights, built in place, initialised as T5 initialises itself
+    (transformers' T5PreTrainedModel._init_weights, factor 1): embedding N(0, 1); q N(0, 1/(d_model
+    d_kv)), k and v N(0, 1/d_model), o N(0, 1/(heads d_kv)); wi N(0, 1/d_model), wo N(0, 1/d_ff);
+    relative attention bias N(0, 1/d_model); layer norms 1.
+
+    (v1 drew every matrix from N(0, 1/fan_in): attention scores then have a standard deviation of
+    sqrt(d_kv) = 8, attention is nearly one-hot, and the network is chaotic (weights perturbed by
+    0.1% gave features of cosine 0.94 to the originals after 8 layers), so no weight format could be
+    compared on it. Timing does not depend on the values.)"""
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, **dims)
@@ -41,13 +50,16 @@ def random_t5_encoder(dims: dict, dtype: torch.dtype = torch.float32, device="cp
         model = T5EncoderModel(config)
     model.set_input_embeddings(model.shared)
     model.to_empty(device=device)
+    d, d_kv, heads, d_ff = config.d_model, config.d_kv, config.num_heads, config.d_ff
+    stds = {"shared": 1.0, "q": (d * d_kv) ** -0.5, "k": d ** -0.5, "v": d ** -0.5, "o": (heads * d_kv) ** -0.5,
+            "wi": d ** -0.5, "wi_0": d ** -0.5, "wi_1": d ** -0.5, "wo": d_ff ** -0.5, "relative_attention_bias": d ** -0.5}
     g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "layer_norm" in name:
                 p.fill_(1.0)
             else:
-                p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
+                p.normal_(0.0, stds[name.rsplit(".", 2)[-2]], generator=g)
     return model.to(dtype).eval().requires_grad_(False)
 
 
@@ -84,6 +96,21 @@ def rankgen_folder(size: str) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    return target
+
+
+def converted_file(size: str, dtype: str) -> Path:
+    """The cached RankGen folder of ``size`` converted by ``python -m llm4gen_core.convert llm`` to
+    one ``.safetensors`` file in ``dtype`` (bf16, fp16, fp8), cached beside it (verified once, when
+    written)."""
+    from llm4gen_core.llm_convert import convert_llm
+
+    folder = rankgen_folder(size)
+    target = folder.parent / f"{folder.name}.{dtype}.safetensors"
+    if not target.is_file():
+        report = convert_llm(folder, target, dtype, log=lambda line: print(f"[convert] {line}", flush=True))
+        print(f"[convert] wrote {target.name}: {report.bytes / 2**30:.2f} GiB in {report.seconds:.0f} s"
+              + (f", fp8 cosine to fp32 {report.cosine_to_fp32}" if report.cosine_to_fp32 else ""), flush=True)
     return target
 
 

@@ -32,6 +32,9 @@ def plan(quick: bool, gpu: bool) -> list[tuple[str, str, list[str]]]:
             ("llm", "bench_llm.py", ["--sizes", "small", "--batches", "1", "--repeats", "3", "--load", "--load-size",
                                      "small", "--load-dtypes", "fp32", *dev]),
             ("host_all", "bench_host.py", ["all", "--quick", *host]),
+            ("llm_formats_load", "bench_llm_formats.py", ["load", "--size", "small", "--rounds", "1",
+                                                          "--plan", "bin:fp32,bin:bf16,bf16:bf16,fp8:auto"]),
+            ("llm_formats_encode", "bench_llm_formats.py", ["encode", "--size", "small", "--repeats", "2"]),
         ]
     return [
         ("llm", "bench_llm.py", ["--sizes", "small", "--batches", "1", "--repeats", "10", *dev]),
@@ -46,6 +49,9 @@ def plan(quick: bool, gpu: bool) -> list[tuple[str, str, list[str]]]:
         # LLM Encode in ComfyUI vs the bare forward: only the LLM's size matters, so the small SD1.5.
         ("encode_xl", "bench_host.py", ["encode", "--small-checkpoint", "--llm", "xl", "--encode-repeats", "4", *host]),
         ("steps_pytorch", "bench_host.py", ["steps", "--attention", "pytorch", "--rounds", "4", "--steps", "1", *host]),
+        # The converter's formats (issue 15): load peak RSS and time per format; encode with dtype auto.
+        ("llm_formats_load", "bench_llm_formats.py", ["load", "--size", "xl", "--rounds", "2"]),
+        ("llm_formats_encode", "bench_llm_formats.py", ["encode", "--size", "xl", "--repeats", "3"]),
     ]
 
 
@@ -56,7 +62,7 @@ def _met(ok: bool | None) -> str:
 def _ratio_row(label, a, b, goal, limit):
     ratio = a / b if a is not None and b else None
     return [label, common.fmt_s(a, 3), common.fmt_s(b, 3), common.fmt_x(ratio), goal,
-            _met(None if ratio is None else ratio <= limit)]
+            _met(None if ratio is None or limit is None else ratio <= limit)]
 
 
 def rows(results: dict, quick: bool) -> list[list[str]]:
@@ -141,9 +147,41 @@ def rows(results: dict, quick: bool) -> list[list[str]]:
                     f"{'yes' if m['llm_loaded_during_sampling'] else 'no'}; {common.fmt_gib(m['rss_after_encode_gib'])}"
                     f" / {common.fmt_gib(m['ksampler_peak_rss_gib'])}",
                     f"free_memory unloads {', '.join(fm.get('unloaded', [])) or '-'}", "-", "report", "-"])
+    out += format_rows(results, quick)
     gpu = any((r or {}).get("machine", {}).get("gpu") for r in results.values() if isinstance(r, dict))
     if not gpu:
         out.append(["GPU table (fp16/bf16, with/without offload)", "not run: no GPU on this machine", "-", "-", "report", "-"])
+    return out
+
+
+def format_rows(results: dict, quick: bool) -> list[list[str]]:
+    """Issue 15: loading the converter's formats (peak RSS, time) and encoding with dtype auto."""
+    out, size = [], "small" if quick else "XL"
+    load = {(r["source"], r["dtype"]): r for r in (results.get("llm_formats_load") or {}).get("load", [])}
+    names = {"bin": "release .bin (fp32)", "bf16": "bf16 file", "fp16": "fp16 file", "fp8": "fp8 file"}
+    for (source, dtype), r in load.items():
+        goal = f"<= {r['goal_gib']} GiB" if r.get("goal_gib") else "report"
+        out.append([f"load_llm {size} {names[source]} as {dtype} (computes {r['compute']}): peak RSS (anon), time",
+                    f"{common.fmt_gib(r['peak_rss_gib'])} ({r['peak_anon_rss_gib']:.2f}), {common.fmt_s(r['seconds'], 1)}",
+                    f"{common.fmt_gib(r['weights_gib'])} weights, {common.fmt_gib(r['before_gib'])} before",
+                    f"{r['growth_per_weights']:.2f}x growth", goal,
+                    _met(r["peak_rss_gib"] <= r["goal_gib"]) if r.get("goal_gib") else "-"])
+    base, bf16 = load.get(("bin", "fp32")), load.get(("bf16", "bf16"))
+    if base and bf16:
+        out.append(_ratio_row(f"load_llm {size} time: bf16 safetensors vs the fp32 .bin as fp32 (fastest of "
+                              f"{len(base['seconds_all'])})", bf16["seconds"], base["seconds"], "<= 0.3x", 0.3))
+    enc = (results.get("llm_formats_encode") or {}).get("encode")
+    if enc:
+        native = enc["auto_dtype"] == "bf16"
+        limit = 0.5 if native else 1.02
+        same = ", the same model as fp32 here" if enc["same_model"] else ""
+        times = enc["times"]
+        out.append(_ratio_row(f"llm.encode {size}, 256 tok, B=1: dtype auto (= {enc['auto_dtype']}{same}; {enc['cpu']}, "
+                              f"{'native bf16' if native else 'no bf16 units'}) vs fp32 (median of {enc['repeats']})",
+                              times["auto"]["median"], times["fp32"]["median"], f"<= {limit}x", limit))
+        out.append(_ratio_row(f"llm.encode {size}, 256 tok, B=1: fp8 file, dtype auto (computes "
+                              f"{enc['dtypes']['fp8 auto']}) vs fp32 (median of {enc['repeats']})",
+                              times["fp8 auto"]["median"], times["fp32"]["median"], "report", None))
     return out
 
 

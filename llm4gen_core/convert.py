@@ -1,10 +1,15 @@
-"""Convert a Cross-Adapter checkpoint (the release's ``projector.pth``) to ``.safetensors``.
+"""Convert model files to ``.safetensors``.
 
     python -m llm4gen_core.convert projector.pth llm4gen_cam.safetensors [--heads 8]
+    python -m llm4gen_core.convert llm <RankGen or HF T5 folder> rankgen-t5-xl-fp8.safetensors --dtype bf16|fp16|fp8
 
-The keys and tensors are kept exactly (checked bit for bit after writing); the head count and
-dimensions are stored as metadata. A safetensors file loads without unpickling anything, so it
-is the format to share.
+A Cross-Adapter checkpoint (the release's ``projector.pth``): the keys and tensors are kept exactly
+(checked bit for bit after writing); the head count and dimensions are stored as metadata. A
+safetensors file loads without unpickling anything, so it is the format to share.
+
+``llm``: the LLM's T5 encoder alone, in bf16, fp16 or scaled fp8, with its config and tokenizer
+needs in the metadata, verified after writing (see :mod:`.llm_convert`); Load LLM (LLM4GEN) reads it
+as a single file.
 """
 from __future__ import annotations
 
@@ -46,8 +51,43 @@ def convert(src, dst, heads: int | None = None, overwrite: bool = False):
     return cfg
 
 
+def main_llm(argv) -> int:
+    from .llm_convert import FP8_MIN_COSINE, FORMATS, convert_llm
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llm4gen_core.convert llm",
+        description="Write an LLM's T5 encoder (RankGen's release folder, an HF T5 folder or a weights file) as one "
+                    ".safetensors file in bf16, fp16 or scaled fp8, verified after writing.")
+    parser.add_argument("src", help="RankGen or HF T5 folder (config.json + weights), or a single weights file")
+    parser.add_argument("dst", help="output .safetensors path")
+    parser.add_argument("--dtype", choices=list(FORMATS), default="bf16",
+                        help="bf16 (half the memory, lossless enough: cosine > 0.999), fp16, or fp8 (a quarter; "
+                             f"refused if its features' cosine to fp32 falls below {FP8_MIN_COSINE})")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = parser.parse_args(argv)
+    try:
+        report = convert_llm(args.src, args.dst, args.dtype, args.overwrite, log=lambda line: print(line, flush=True))
+    except LLM4GENError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    cfg = report.config
+    print(f"wrote {report.dst}: T5 encoder, {cfg['num_layers']} layers, d_model {cfg['d_model']}, {report.weights}, "
+          f"{report.bytes / 2**30:.2f} GiB ({report.bytes / report.source_bytes:.2f}x the source's "
+          f"{report.source_bytes / 2**30:.2f} GiB), in {report.seconds:.0f} s")
+    if report.cosine_to_fp32:
+        print(f"verified: the same features as the source quantized the same way; cosine to the fp32 source "
+              f"mean {report.cosine_to_fp32['mean']:.5f}, min {report.cosine_to_fp32['min']:.5f}")
+    else:
+        print(f"verified: every tensor, and the features (identical to the source's in {args.dtype})")
+    return 0
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llm4gen_core.convert", description=__doc__.split("\n\n")[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "llm":
+        return main_llm(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m llm4gen_core.convert", description=__doc__.split("\n\n")[0],
+                                     epilog="python -m llm4gen_core.convert llm --help: convert an LLM (T5 encoder)")
     parser.add_argument("src", help="CAM checkpoint: .pth/.pt/.bin (plain state dict) or .safetensors")
     parser.add_argument("dst", help="output .safetensors path")
     parser.add_argument("--heads", type=int, default=None, help="attention heads (default: from metadata, else 8)")

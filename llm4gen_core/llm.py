@@ -61,7 +61,8 @@ class LLMEncoder:
         self.hidden_size = int(config.d_model if kind == "t5-encoder" else config.hidden_size)
 
     def __repr__(self) -> str:
-        return f"LLMEncoder({self.kind}, D={self.hidden_size}, {self.dtype}, {self.device}, from {self.source})"
+        held = "" if self.weights == str(self.dtype).removeprefix("torch.") else f" ({self.weights} weights)"
+        return f"LLMEncoder({self.kind}, D={self.hidden_size}, {self.dtype}{held}, {self.device}, from {self.source})"
 
     @property
     def device(self) -> torch.device:
@@ -69,8 +70,14 @@ class LLMEncoder:
 
     @property
     def dtype(self) -> torch.dtype:
-        """The compute dtype (T5 in fp16 keeps its feed-forward output projections in fp32)."""
-        return self.model.get_input_embeddings().weight.dtype
+        """The compute dtype (T5 in fp16 keeps its feed-forward output projections in fp32; scaled fp8
+        weights are stored in fp8 and computed in this dtype)."""
+        return getattr(self.model, "llm4gen_compute_dtype", None) or self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def weights(self) -> str:
+        """How the weights are held: their dtype, or "fp8 e4m3fn scaled"."""
+        return getattr(self.model, "llm4gen_weights", None) or str(self.dtype).removeprefix("torch.")
 
     @property
     def layers(self) -> torch.nn.ModuleList:
@@ -199,8 +206,10 @@ def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer
         ``.safetensors``/``.bin``/``.pth`` file holding a T5 encoder state dict.
     tokenizer_path: a tokenizer folder or file, used when the model folder has no tokenizer of its
         own (a tokenizer in the model's folder wins). Required for a single weights file.
-    dtype: None/"auto" (fp32 on CPU; bf16 on CUDA where supported, else fp16), "fp32", "bf16",
-        "fp16" or a torch dtype. device: None (CUDA if available, else CPU) or a torch device.
+    dtype: the compute dtype: None/"auto" (on CUDA bf16 where supported, else fp16; on a CPU bf16
+        where it has native bf16 matrix units, AVX512-BF16 or AMX, else fp32: see :mod:`.dtypes`),
+        "fp32", "bf16", "fp16" or a torch dtype. A scaled-fp8 file keeps its weights in fp8 and
+        computes in this dtype. device: None (CUDA if available, else CPU) or a torch device.
     hidden_layer / template ("plain" | "chat"): which hidden state, and how the prompt is wrapped,
         for decoder-only LLMs; T5 encoders ignore them and give their last hidden state (an
         adapter's recipe passed to ``encode`` may still ask a T5 for another layer).

@@ -13,18 +13,22 @@ the download itself holds. Every weight must be a float tensor with finite value
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
 
 import torch
 
+from . import fp8
+from .dtypes import auto_dtype
 from .errors import CheckpointError, LLMLoadError
 from .safe_files import (
     FLOAT_DTYPES, check_weight, check_zip_records, first_line, listed, read_json, read_tensor_file, sniff_format,
     torch_load,
 )
 from .t5_config import check_shapes, infer_t5_config, looks_like_t5_encoder, t5_encoder_state
+from .weight_stream import WeightFiles
 
 T5_TYPES = ("t5", "mt5")
 DECODER_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
@@ -49,11 +53,10 @@ def resolve_device(device) -> torch.device:
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """``None``/"auto": fp32 on CPU; on CUDA bf16 where the GPU has it, else fp16."""
+    """``None``/"auto": on CUDA bf16 where the GPU has it, else fp16; on a CPU bf16 only where it has
+    native bf16 matrix units, else fp32 (:mod:`.dtypes`; the choice and its reason are logged once)."""
     if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return auto_dtype(device).dtype
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
     if isinstance(dtype, str) and dtype.lower() in DTYPES:
@@ -111,44 +114,16 @@ def _shards(index_file: Path) -> list[str]:
     return shards
 
 
-def read_weights(files: list[Path], dtype: torch.dtype, keep=lambda key: True) -> dict[str, torch.Tensor]:
-    """Tensors whose key ``keep`` accepts, checked (float, finite) and cast to ``dtype`` as they are
-    read (one file at a time, so a fp32 checkpoint loaded as bf16 never sits in memory whole in fp32).
-    Tensors the file shares between keys (tied weights) stay shared."""
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        tensors = _read_file(file, keep)
-        cast: dict[tuple, torch.Tensor] = {}
-        while tensors:  # popped, so each source tensor is freed once cast
-            key, tensor = tensors.popitem()
-            check_weight(file, key, tensor)
-            view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.stride(),
-                    tensor.dtype, bool(_KEEP_FP32_IN_FP16.search(key)))
-            if view not in cast:
-                cast[view] = _cast(key, tensor, dtype)
-            state[key] = cast[view]
-    return state
-
-
-def _read_file(path: Path, keep) -> dict[str, torch.Tensor]:
-    if path.is_file() and sniff_format(path) == "safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                return {key: f.get_tensor(key) for key in f.keys() if keep(key)}
-        except Exception as exc:
-            raise CheckpointError(path, f"corrupt safetensors file: {first_line(exc)}") from None
-    tensors, _ = read_tensor_file(path)
-    return {k: v for k, v in tensors.items() if keep(k)}
-
-
-def _cast(key: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if not tensor.is_floating_point():
-        return tensor
+def _cast_dtype(key: str, stored: torch.dtype, dtype: torch.dtype) -> torch.dtype:
+    """The dtype a stored tensor is loaded in: ``dtype``; fp8 weights and their scales as they are;
+    under fp16, T5's feed-forward output projection in fp32 (its overflow guard)."""
+    if stored == fp8.FP8:
+        return fp8.FP8
+    if key.endswith("." + fp8.SCALE):
+        return torch.float32
     if dtype == torch.float16 and _KEEP_FP32_IN_FP16.search(key):
-        return tensor.to(torch.float32)
-    return tensor.to(dtype)
+        return torch.float32
+    return dtype
 
 
 def _encoder_only(key: str) -> bool:
@@ -157,44 +132,157 @@ def _encoder_only(key: str) -> bool:
 
 # ---- T5 encoders ------------------------------------------------------------------------------
 
+META_T5_CONFIG = "llm4gen.t5.config"  # a converted file's T5 config (JSON), see llm_convert
+T5_CONFIG_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets",
+                    "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon")
+
+
 def load_t5_encoder(path: Path, dtype: torch.dtype, config: dict | None = None):
     """A ``transformers.T5EncoderModel`` from a folder or a single weights file.
 
     ``config`` is the folder's config.json when it is a plain T5/mT5 config: the weights are then
-    checked against it; otherwise (RankGen's custom config, a bare file) it is read off the shapes.
-    """
-    from transformers import T5Config, T5EncoderModel
+    checked against it; a single file converted by ``llm4gen_core.convert llm`` carries its config in
+    its metadata; otherwise (RankGen's custom config, a bare file) it is read off the shapes.
 
+    The files are opened memory-mapped and every tensor's shape and dtype is checked against the
+    model before any data is read; then each tensor is read, checked and cast to ``dtype`` on its
+    own (:mod:`.weight_stream`), so the load holds about one copy of the weights in ``dtype``. A file
+    of scaled fp8 weights (:mod:`.fp8`) keeps them in fp8; its layers compute in ``dtype``.
+    """
     files = [path] if path.is_file() else weight_files(path)
-    state = read_weights(files, dtype, keep=_encoder_only)
-    if not looks_like_t5_encoder(state):
+    with WeightFiles(files, keep=_encoder_only) as weights:
+        model, state, fp8_weights = open_t5_encoder(weights, path, config, dtype)
+        tensors = {}
+        for key in sorted(state):
+            ref = state.pop(key)
+            tensors[key] = weights.load(ref, _cast_dtype(key, ref.dtype, dtype), _checker(ref))
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if fp8_weights:
+        model.llm4gen_compute_dtype = dtype  # the embedding's dtype says fp8: LLMEncoder.dtype reads this
+        model.llm4gen_weights = "fp8 e4m3fn scaled"
+    return model.eval().requires_grad_(False)
+
+
+def open_t5_encoder(weights: WeightFiles, path: Path, config: dict | None, dtype: torch.dtype):
+    """From opened weight files, before any tensor data is read: (the T5 encoder built on the meta
+    device, with scaled-fp8 modules where the file has fp8 weights; its tensors as
+    :class:`~.weight_stream.WeightRef` under HF names, every shape and dtype checked against the
+    model; the keys of the fp8 weights)."""
+    from transformers import T5EncoderModel
+
+    refs = dict(weights.refs)
+    scaled = _scaled_fp8_marker(refs, path)
+    if not looks_like_t5_encoder(refs):
         raise LLMLoadError(
             f"{path}: not a T5 encoder (no encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight); "
-            f"found {listed(sorted(state))}"
+            f"found {listed(sorted(refs))}"
         )
-    state = t5_encoder_state(state, path)
-    if config and config.get("model_type") in T5_TYPES:
-        config_source = path / "config.json"
-        _check_layer_count(config.get("num_layers"), state, config_source, "num_layers", "encoder.block.",
-                           missing="missing weights")
-        try:
-            t5_config = T5Config.from_dict({k: v for k, v in config.items() if k != "model_type"})
-        except Exception as exc:  # transformers validates field types and values
-            raise LLMLoadError(f"{config_source}: not a usable T5 config ({first_line(exc)})") from None
-        t5_config.is_encoder_decoder, t5_config.use_cache = False, False
-    else:
-        t5_config = infer_t5_config(state, path)
-        config_source = "the shapes of its tensors"
+    state = t5_encoder_state(refs, path)
+    fp8_weights = _check_stored_dtypes(state, scaled, path)
+    t5_config, config_source = _t5_config(path, config, weights.metadata, state)
     try:
         with torch.device("meta"):
             model = T5EncoderModel(t5_config)
     except Exception as exc:  # sizes transformers refuses (negative, zero heads, ...)
         raise LLMLoadError(f"{path}: cannot build a T5 encoder from {config_source} ({first_line(exc)})") from None
     model.set_input_embeddings(model.shared)  # one embedding, as in T5 (encoder.embed_tokens is shared)
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    if fp8_weights:
+        fp8.use_scaled_fp8(model, fp8_weights, dtype)
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("encoder.embed_tokens.")}
     check_shapes(expected, state, path, config_source)
-    model.load_state_dict(state, strict=False, assign=True)
-    return model.eval().requires_grad_(False)
+    return model, state, fp8_weights
+
+
+def _scaled_fp8_marker(refs: dict, path: Path) -> bool:
+    """Whether the file says its fp8 weights are scaled (ComfyUI's ``scaled_fp8`` key, at the root
+    or under a wrapper prefix; its dtype is the weights' fp8 type, float32 meaning float8_e4m3fn as
+    in ComfyUI); the marker keys are taken out of ``refs``."""
+    markers = [k for k in refs if k == fp8.MARKER or k.endswith("." + fp8.MARKER)]
+    for key in markers:
+        ref = refs.pop(key)
+        if ref.dtype not in (fp8.FP8, torch.float32):
+            raise CheckpointError(path, f"{key} says the weights are scaled {ref.dtype}; only float8_e4m3fn scaled "
+                                        "weights are supported")
+    return bool(markers)
+
+
+def _check_stored_dtypes(state: dict, scaled: bool, path: Path) -> set[str]:
+    """Every tensor is float32/16, bfloat16 or float64, from the header, before any data is read;
+    in a scaled-fp8 file also float8_e4m3fn weights of linear layers and the embedding, each with
+    its ``scale_weight``. Returns the keys of the fp8 weights."""
+    fp8_weights = set()
+    for key, ref in sorted(state.items()):
+        if ref.dtype in FLOAT_DTYPES:
+            continue
+        if scaled and ref.dtype == fp8.FP8 and key.endswith(".weight") and len(ref.shape) == 2 \
+                and "layer_norm" not in key and "relative_attention_bias" not in key:
+            fp8_weights.add(key)
+            continue
+        if ref.dtype == fp8.FP8 and not scaled:
+            problem = (f"{key} has dtype {ref.dtype}, but the file has no {fp8.MARKER!r} marker: float8 weights "
+                       "are read only as scaled fp8 (with a scale_weight per layer, as llm4gen_core.convert llm "
+                       "--dtype fp8 writes them)")
+        elif ref.dtype == fp8.FP8:
+            problem = f"{key} has dtype {ref.dtype}; only linear-layer and embedding weights may be fp8"
+        else:
+            kind = "quantized weights are not supported" if "float8" in str(ref.dtype) else "weights must be floating point"
+            problem = f"{key} has dtype {ref.dtype}; {kind} (float32, float16, bfloat16 or float64)"
+        raise CheckpointError(path, problem)
+    scales = {k for k in state if k.endswith("." + fp8.SCALE)}
+    wanted = {k[: -len("weight")] + fp8.SCALE for k in fp8_weights}
+    if wanted - scales:
+        raise CheckpointError(path, f"fp8 weights without their scale: {listed(sorted(wanted - scales))}")
+    if scales - wanted:
+        raise CheckpointError(path, f"scales of weights that are not fp8: {listed(sorted(scales - wanted))}")
+    return fp8_weights
+
+
+def _checker(ref):
+    """What every chunk of a tensor must pass as it is read."""
+    path, key = ref.path, ref.key
+    if ref.dtype == fp8.FP8:
+        def check(part):
+            if fp8.has_nan(part):
+                raise CheckpointError(path, f"{key} contains NaN values", "the file is damaged")
+    elif key.endswith("." + fp8.SCALE):
+        def check(part):
+            check_weight(path, key, part)
+            if not bool((part > 0).all()):
+                raise CheckpointError(path, f"{key} is {part.flatten()[:1].tolist()}: a scale must be positive",
+                                      "the file is damaged")
+    else:
+        def check(part):
+            check_weight(path, key, part)
+    return check
+
+
+def _t5_config(path: Path, config: dict | None, metadata: dict[str, str], state: dict):
+    """(T5Config, where it came from): the folder's config.json, a converted file's metadata, or
+    the shapes of the tensors. A declared config is checked against the layers the files hold
+    before anything is built from it."""
+    from transformers import T5Config
+
+    if config and config.get("model_type") in T5_TYPES:
+        source = path / "config.json"
+        fields = {k: v for k, v in config.items() if k != "model_type"}
+    elif META_T5_CONFIG in metadata:
+        source = f"{path} (metadata {META_T5_CONFIG})"
+        try:
+            declared = json.loads(metadata[META_T5_CONFIG])
+        except (ValueError, RecursionError) as exc:
+            raise LLMLoadError(f"{source}: not JSON ({first_line(exc)})") from None
+        if not isinstance(declared, dict):
+            raise LLMLoadError(f"{source}: expected a JSON object")
+        fields = {k: declared[k] for k in T5_CONFIG_FIELDS if k in declared}
+    else:
+        return infer_t5_config(state, path), "the shapes of its tensors"
+    _check_layer_count(fields.get("num_layers"), state, source, "num_layers", "encoder.block.", missing="missing weights")
+    try:
+        t5_config = T5Config.from_dict(fields)
+    except Exception as exc:  # transformers validates field types and values
+        raise LLMLoadError(f"{source}: not a usable T5 config ({first_line(exc)})") from None
+    t5_config.is_encoder_decoder, t5_config.use_cache = False, False
+    return t5_config, source
 
 
 def _check_layer_count(declared, state_keys, config_source, field: str, prefix: str,
@@ -213,7 +301,8 @@ def _check_layer_count(declared, state_keys, config_source, field: str, prefix: 
                    f"({field} is {declared}, the files hold {len(found)} layers)")
     else:
         problem = f"{field} is {declared} but the files hold {len(found)} layers ({prefix}0.* to {prefix}{found[-1]}.*)"
-    raise LLMLoadError(f"{config_source}: the weights do not fit config.json: {problem} "
+    declared_in = "config.json" if str(config_source).endswith("config.json") else "the config"
+    raise LLMLoadError(f"{config_source}: the weights do not fit {declared_in}: {problem} "
                        "(are the config and the weights from the same model?)")
 
 

@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -68,14 +69,19 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, metadata
 
 
-def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def read_torch_checkpoint(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A torch checkpoint's state dict. ``mmap``: its tensors are memory-mapped from the file
+    (nothing is read until used) rather than read into memory: a zip checkpoint through torch's own
+    ``mmap=True``, a legacy one through :func:`_map_legacy_checkpoint` (torch maps only zip files)."""
     try:
         fmt = sniff_format(path)
         if fmt == "torch-pickle":
             _check_legacy_declared_sizes(path)
         elif fmt == "torch-zip":
             check_zip_records(path)
-        obj = torch_load(path, map_location="cpu")
+        obj = _map_legacy_checkpoint(path) if mmap and fmt == "torch-pickle" else None
+        if obj is None:
+            obj = torch_load(path, map_location="cpu", mmap=mmap and fmt == "torch-zip")
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
             raise CheckpointError(
@@ -93,10 +99,13 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def torch_load(path: Path, map_location):
+def torch_load(path: Path, map_location, mmap: bool = False):
     """``torch.load(weights_only=True)`` of what the file holds, whatever its name: given a path
     ending in ``.safetensors``, torch.load hands it to the safetensors library instead (torch 2.13),
-    so it is given the open file."""
+    so it is given the open file. ``mmap`` (zip checkpoints) needs the path itself: a zip
+    checkpoint misnamed ``.safetensors`` is then read without mapping."""
+    if mmap and not Path(path).name.endswith(".safetensors"):
+        return torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
     with open(path, "rb") as f:
         return torch.load(f, map_location=map_location, weights_only=True)
 
@@ -157,6 +166,81 @@ def _check_legacy_declared_sizes(path: Path) -> None:
     if total > size:
         raise CheckpointError(path, f"corrupt torch checkpoint: its tensors declare {total:,} bytes but the file holds "
                                     f"only {size:,}", "was the download cut short?")
+
+
+def _map_legacy_checkpoint(path: Path):
+    """A legacy (pre-zip) torch checkpoint with its storages memory-mapped, or None when the file
+    is not the common layout (another byte order, pre-1.0 storage views): torch.load reads those.
+
+    The layout torch.save wrote: pickles of the magic number, the protocol version and system
+    info; the object, whose storages are persistent ids (key, dtype, element count); the list of
+    storage keys; then each listed storage as its element count (int64) and its bytes. The
+    object is unpickled twice by torch's weights-only unpickler: first with storages on the meta
+    device (nothing allocated, their declarations collected), then, once every declared storage is
+    found at its place in the file with the count it declares and within the file's bytes, with
+    storages that are slices of one private, read-only-used mapping of the file."""
+    from torch import _weights_only_unpickler as restricted
+
+    declared: dict[str, tuple[torch.dtype, int]] = {}
+
+    def declare(saved_id):
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 6 and saved_id[0] in ("storage", b"storage")):
+            raise pickle.UnpicklingError(f"Weights only load failed: unexpected storage reference {str(saved_id)[:80]}")
+        _, storage_type, key, _location, numel, view = saved_id
+        dtype = getattr(storage_type, "dtype", None)
+        if view is not None or not isinstance(dtype, torch.dtype) or not isinstance(numel, int) or numel < 0:
+            raise _Unusual()
+        key = str(key)
+        if declared.setdefault(key, (dtype, numel)) != (dtype, numel):
+            raise _Unusual()
+        meta = torch.UntypedStorage(numel * torch._utils._element_size(dtype), device="meta")
+        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        try:
+            if restricted.Unpickler(f).load() != torch.serialization.MAGIC_NUMBER:
+                return None
+            if restricted.Unpickler(f).load() != torch.serialization.PROTOCOL_VERSION:
+                return None
+            info = restricted.Unpickler(f).load()
+            if not isinstance(info, dict) or info.get("little_endian") is not True or sys.byteorder != "little":
+                return None
+            start = f.tell()
+            unpickler = restricted.Unpickler(f)
+            unpickler.persistent_load = declare
+            unpickler.load()
+            keys = restricted.Unpickler(f).load()
+        except _Unusual:
+            return None
+        if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(declared):
+            return None
+        offsets, at = {}, f.tell()
+        for key in map(str, keys):
+            dtype, numel = declared[key]
+            f.seek(at)
+            head = f.read(8)
+            nbytes = numel * torch._utils._element_size(dtype)
+            if len(head) != 8 or struct.unpack("<q", head)[0] != numel or at + 8 + nbytes > size:
+                raise CheckpointError(path, f"corrupt torch checkpoint: storage {key} is not where its "
+                                            "declaration says", "was the download cut short?")
+            offsets[key] = (at + 8, nbytes, dtype)
+            at += 8 + nbytes
+        whole = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
+
+        def mapped(saved_id):
+            _, _, key, _, _, _ = saved_id
+            offset, nbytes, dtype = offsets[str(key)]
+            return torch.storage.TypedStorage(wrap_storage=whole[offset:offset + nbytes], dtype=dtype, _internal=True)
+
+        f.seek(start)
+        unpickler = restricted.Unpickler(f)
+        unpickler.persistent_load = mapped
+        return unpickler.load()
+
+
+class _Unusual(Exception):
+    """A legacy checkpoint outside the common layout: left to torch.load."""
 
 
 def _check_layouts(path: Path, state: dict[str, torch.Tensor]) -> None:

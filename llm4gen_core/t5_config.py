@@ -35,7 +35,7 @@ def t5_encoder_state(state: dict[str, torch.Tensor], source) -> dict[str, torch.
         if any(k.startswith(prefix + "encoder.block.") for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
             break
-    kept = {k: v for k, v in state.items() if k.startswith("encoder.") or k == "shared.weight"}
+    kept = {k: v for k, v in state.items() if k.startswith("encoder.") or k in ("shared.weight", "shared.scale_weight")}
     if not any(_BLOCK.match(k) for k in kept):
         raise LLMLoadError(
             f"{source}: no T5 encoder weights found (expected keys like encoder.block.0.layer.0.SelfAttention.q.weight, "
@@ -43,11 +43,16 @@ def t5_encoder_state(state: dict[str, torch.Tensor], source) -> dict[str, torch.
         )
     # The encoder runs on encoder.embed_tokens; T5 ties it to shared. Checkpoints hold either or
     # both (the same tensor when saved from a tied model).
+    # A scaled-fp8 embedding has its scale beside it (``<name>.scale_weight``); it goes with its weight.
     embed = kept.pop("encoder.embed_tokens.weight", None)
     shared = kept.pop("shared.weight", None)
+    embed_scale = kept.pop("encoder.embed_tokens.scale_weight", None)
+    shared_scale = kept.pop("shared.scale_weight", None)
     if embed is None and shared is None:
         raise LLMLoadError(f"{source}: the token embedding is missing (neither shared.weight nor encoder.embed_tokens.weight)")
-    kept["shared.weight"] = embed if embed is not None else shared
+    kept["shared.weight"], scale = (embed, embed_scale) if embed is not None else (shared, shared_scale)
+    if scale is not None:
+        kept["shared.scale_weight"] = scale
     return kept
 
 

@@ -29,11 +29,15 @@ class LoadLLM(io.ComfyNode):
                 io.Combo.Input(
                     "model", options=model_folders.llm_choices(),
                     tooltip="A model folder (Hugging Face layout, e.g. the RankGen T5-XL folder) or a single "
-                            ".safetensors T5 encoder, from models/text_encoders or models/LLM. Never downloaded.",
+                            ".safetensors T5 encoder (e.g. a bf16, fp16 or fp8 file written by python -m "
+                            "llm4gen_core.convert llm), from models/text_encoders or models/LLM. Never downloaded.",
                 ),
                 io.Combo.Input(
                     "dtype", options=["auto", "fp32", "bf16", "fp16"], default="auto",
-                    tooltip="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.",
+                    tooltip="The dtype the LLM computes in. auto: bf16 on GPUs that support it, else fp16; on a "
+                            "CPU bf16 only where it has native bf16 units (AVX512-BF16 or AMX), else fp32 (the "
+                            "log says which and why). A scaled-fp8 file (python -m llm4gen_core.convert llm ... "
+                            "--dtype fp8) keeps its weights in fp8 and computes in this dtype.",
                 ),
                 io.Combo.Input(
                     "device", options=["default", "cpu"], default="default",
@@ -56,8 +60,8 @@ class LoadLLM(io.ComfyNode):
             log.info("LLM4GEN: %s has no T5 tokenizer of its own; using ComfyUI's (%s)", model, tokenizer)
         llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device)
         patcher = make_patcher(llm.model, load_device, offload_device)
-        log.info("LLM4GEN: loaded %s (%s, %d-d features, %s on %s)", model, llm.kind, llm.hidden_size,
-                 compute_dtype, load_device)
+        log.info("LLM4GEN: loaded %s (%s, %d-d features, %s weights, computes in %s on %s)", model, llm.kind,
+                 llm.hidden_size, llm.weights, compute_dtype, load_device)
         return io.NodeOutput(LoadedLLM(llm=llm, patcher=patcher, name=model))
 
 

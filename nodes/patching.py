@@ -13,6 +13,8 @@ import torch
 import comfy.model_management as mm
 import comfy.model_patcher
 
+from ..llm4gen_core.dtypes import AutoDtype, cpu_auto_dtype, log_choice
+
 
 class _Holder(torch.nn.Module):
     def __init__(self, module: torch.nn.Module):
@@ -31,16 +33,21 @@ def load_for_inference(patcher, memory_required: int = 0) -> torch.device:
 
 
 def choose_dtype(device: torch.device, requested: str) -> torch.dtype:
-    """dtype "auto": bf16 where the device does it well, else fp16 (T5 clamps its overflow in
-    fp16), fp32 on CPU. ComfyUI's text-encoder default says fp16 even on CPU; not followed, as
-    fp16 matmuls on CPU are orders of magnitude slower than fp32."""
+    """dtype "auto": on a GPU bf16 where ComfyUI says it does it well, else fp16 (T5 clamps its
+    overflow in fp16); on a CPU bf16 only with native bf16 matrix units (AVX512-BF16 or AMX, as the
+    CPU and oneDNN report them), else fp32 (``llm4gen_core.dtypes``: a wrong guess runs 500x
+    slower). ComfyUI's text-encoder default says fp16 even on CPU; not followed, as fp16 matmuls on
+    CPU are orders of magnitude slower than fp32. The choice and its reason are logged once."""
     explicit = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if requested in explicit:
         return explicit[requested]
     if mm.is_device_cpu(device):
-        return torch.float32
-    if mm.should_use_bf16(device, prioritize_performance=False):
-        return torch.bfloat16
-    if mm.should_use_fp16(device, prioritize_performance=False):
-        return torch.float16
-    return torch.float32
+        choice = cpu_auto_dtype()
+    elif mm.should_use_bf16(device, prioritize_performance=False):
+        choice = AutoDtype(torch.bfloat16, "ComfyUI says the GPU does bf16 well")
+    elif mm.should_use_fp16(device, prioritize_performance=False):
+        choice = AutoDtype(torch.float16, "ComfyUI says the GPU does fp16 but not bf16 well; T5's overflow guard on")
+    else:
+        choice = AutoDtype(torch.float32, "ComfyUI says the device does neither bf16 nor fp16 well")
+    log_choice(str(device), choice)
+    return choice.dtype

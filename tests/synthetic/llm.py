@@ -152,3 +152,25 @@ def tiny_decoder_folder(folder, model, with_tokenizer: bool = True) -> Path:
 def tiny_llama_folder(folder, seed: int = 0) -> Path:
     """A tiny Llama folder with its tokenizer (chat template included), ready for ``load_llm``."""
     return tiny_decoder_folder(folder, tiny_decoder("llama", seed))
+
+
+# ---- larger encoders (memory tests) ---------------------------------------------------------------
+
+def sized_t5_encoder(seed: int = 0, vocab_size: int = 32128, **dims):
+    """A random T5 v1.1-style encoder of the given dims, built on the meta device and filled in
+    place (one copy of its weights, fp32): for tests that need a model of a few hundred MB."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=vocab_size, feed_forward_proj="gated-gelu", **dims)
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    model.set_input_embeddings(model.shared)
+    model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=g)
+    return model.eval().requires_grad_(False)

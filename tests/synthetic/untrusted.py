@@ -169,6 +169,7 @@ class Bases:
     hf_json_tokenizer: Path  # HF T5 folder whose tokenizer is only a tokenizer.json
     sharded: Path          # HF T5 folder in 20 KB shards with model.safetensors.index.json
     llama: Path            # decoder-only folder: config.json, model.safetensors, tokenizer.json
+    converted: dict        # "bf16", "fp8" -> single file written by llm4gen_core.convert llm
 
 
 def build_bases(root: Path) -> Bases:
@@ -192,7 +193,18 @@ def build_bases(root: Path) -> Bases:
         hf=hf, hf_json_tokenizer=hf_json,
         sharded=tiny_t5_hf_folder(root / "hf-t5-sharded", model, tokenizer_from=tokenizer, max_shard_size="20KB"),
         llama=tiny_llama_folder(root / "llama"),
+        converted=_converted(root, t5_files["st"]),
     )
+
+
+def _converted(root: Path, source: Path) -> dict:
+    from llm4gen_core.llm_convert import convert_llm
+
+    out = {}
+    for dtype in ("bf16", "fp8"):
+        out[dtype] = root / f"t5-{dtype}.safetensors"
+        convert_llm(source, out[dtype], dtype)
+    return out
 
 
 # --- cases ----------------------------------------------------------------------------------
@@ -650,6 +662,100 @@ class _CaseMaker:
         self.torch_crafted_cases("llm", lambda f: lambda name, write, sentinel=False: self.llm(
             f"crafted/{name}", write, True, file="t5.bin", tokenizer=True, sentinel=sentinel, dtype="bf16"))
         self.folder_cases()
+        self.converted_cases()
+
+    def converted_cases(self) -> None:
+        """Files written by ``llm4gen_core.convert llm`` (bf16, scaled fp8), damaged: their metadata
+        config, the fp8 marker, scales and fp8 data, header dtypes, bytes."""
+        from safetensors import safe_open
+
+        for fmt, base in self.bases.converted.items():
+            data = base.read_bytes()
+            header, payload = _header(data)
+            with safe_open(str(base), "pt") as f:
+                tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+            config = json.loads(metadata["llm4gen.t5.config"])
+
+            def case(name, write, must_fail=True):
+                self.llm(f"converted-{fmt}/{name}", write, must_fail, file=f"t5-{fmt}.safetensors", tokenizer=True)
+
+            def with_meta(value):
+                def write(path, rng):
+                    h = copy.deepcopy(header)
+                    h["__metadata__"]["llm4gen.t5.config"] = value
+                    path.write_bytes(_with_header(h, payload))
+                return write
+
+            for field_name, value, must_fail in (("num_layers", 10**9, True), ("num_layers", 1, True),
+                                                 ("num_layers", "two", True), ("d_model", "abc", True),
+                                                 ("d_model", 10**9, True), ("num_heads", 0, True),
+                                                 ("d_kv", 10**6, True), ("vocab_size", 10**12, True),
+                                                 ("d_ff", 10**10, True), ("feed_forward_proj", "bogus-act", True),
+                                                 ("relative_attention_num_buckets", 10**9, True),
+                                                 ("layer_norm_epsilon", "tiny", False),
+                                                 ("model_type", "llama", False), ("auto_map", {"AutoModel": "x.Y"}, False)):
+                case(f"meta-config/{field_name}={str(value)[:12]}",
+                     with_meta(json.dumps({**config, field_name: value})), must_fail)
+            case("meta-config/not-json", with_meta("{'d_model': 32,"))
+            case("meta-config/a-list", with_meta("[1, 2]"))
+            case("meta-config/deep-nesting", with_meta("[" * 100000 + "]" * 100000))
+            case("meta-config/empty-object", with_meta("{}"))
+            for i in range(2):
+                case(f"truncate-{i}", lambda p, rng, d=data: p.write_bytes(_bytes_damage(d, rng, "truncate")))
+                case(f"flip-{i}", lambda p, rng, d=data: p.write_bytes(_bytes_damage(d, rng, "flip")), False)
+
+            def edited(edit, meta=None):
+                def write(path, rng):
+                    state = dict(tensors)
+                    edit(state, rng)
+                    _save_safetensors(state, path, metadata if meta is None else meta)
+                return write
+
+            scales = sorted(k for k in tensors if k.endswith("scale_weight"))
+            fp8_keys = sorted(k for k, v in tensors.items() if v.dtype == torch.float8_e4m3fn and v.numel())
+            norms = sorted(k for k in tensors if "layer_norm" in k)
+            if fmt == "bf16":
+                linears = sorted(k for k in tensors if k.endswith(".weight") and "layer_norm" not in k
+                                 and "relative_attention_bias" not in k)
+                case("fp8-weight-without-marker", edited(lambda st, rng: st.__setitem__(
+                    k := rng.choice(linears), st[k].to(torch.float8_e4m3fn))))
+                case("marker-but-no-scales", edited(lambda st, rng: st.__setitem__(
+                    "scaled_fp8", torch.empty(0, dtype=torch.float8_e4m3fn))), False)
+                continue
+            case("marker-removed", edited(lambda st, rng: st.pop("scaled_fp8")))
+            case("marker-e5m2", edited(lambda st, rng: st.__setitem__("scaled_fp8", torch.empty(0, dtype=torch.float8_e5m2))))
+            case("marker-bf16", edited(lambda st, rng: st.__setitem__("scaled_fp8", torch.empty(0, dtype=torch.bfloat16))))
+            case("marker-float32", edited(lambda st, rng: st.__setitem__("scaled_fp8", torch.empty(0))), False)
+            case("scale-removed", edited(lambda st, rng: st.pop(rng.choice(scales))))
+            case("embedding-scale-removed", edited(lambda st, rng: st.pop("shared.scale_weight")))
+            for value in (float("nan"), float("inf"), 0.0, -0.01):
+                case(f"scale={value}", edited(lambda st, rng, v=value: st.__setitem__(rng.choice(scales), torch.tensor(v))))
+            case("scale-shape-2", edited(lambda st, rng: st.__setitem__(rng.choice(scales), torch.ones(2))))
+            case("scale-int", edited(lambda st, rng: st.__setitem__(rng.choice(scales), torch.tensor(3))))
+            case("scale-is-fp8", edited(lambda st, rng: st.__setitem__(
+                rng.choice(scales), torch.tensor(0.01).to(torch.float8_e4m3fn))))
+            case("scale-for-a-norm", edited(lambda st, rng: st.__setitem__(
+                rng.choice(norms)[: -len("weight")] + "scale_weight", torch.tensor(1.0))))
+            case("scale-huge", edited(lambda st, rng: st.__setitem__(rng.choice(scales), torch.tensor(1e30))), False)
+
+            def nan_byte(st, rng, byte):
+                key = rng.choice(fp8_keys)
+                t = st[key].clone()
+                t.view(torch.uint8).view(-1)[rng.randrange(t.numel())] = byte
+                st[key] = t
+            case("fp8-nan", edited(lambda st, rng: nan_byte(st, rng, 0x7F)))
+            case("fp8-negative-nan", edited(lambda st, rng: nan_byte(st, rng, 0xFF)))
+            case("fp8-weight-as-bf16", edited(lambda st, rng: st.__setitem__(
+                k := rng.choice(fp8_keys), st[k].to(torch.bfloat16))))
+            case("norm-as-fp8", edited(lambda st, rng: st.__setitem__(
+                k := rng.choice(norms), st[k].to(torch.float8_e4m3fn))))
+            case("relative-bias-as-fp8", edited(lambda st, rng: st.__setitem__(
+                k := next(x for x in sorted(st) if "relative_attention_bias" in x), st[k].to(torch.float8_e4m3fn))))
+            case("fp8-e5m2-weight", edited(lambda st, rng: st.__setitem__(
+                k := rng.choice(fp8_keys), st[k].to(torch.float32).to(torch.float8_e5m2))))
+            case("fp8-weight-transposed", edited(lambda st, rng: st.__setitem__(
+                k := next(x for x in fp8_keys if "wi_0" in x), st[k].t().contiguous())))
+            case("fp8-weights-without-metadata", edited(lambda st, rng: None, meta={}), False)
 
     def folder_cases(self) -> None:
         b = self.bases

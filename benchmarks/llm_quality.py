@@ -1,8 +1,8 @@
 """How close each weight format's LLM features (and the Cross-Adapter's output) stay to fp32, at
-the release's size: the quality table in the README.
+the release's size: the quality table in README-llm-memory.md.
 
     .venv/bin/python benchmarks/llm_quality.py                  # T5-XL size, 64 prompts
-    .venv/bin/python benchmarks/llm_quality.py --readme         # ... and rewrite the README's table
+    .venv/bin/python benchmarks/llm_quality.py --readme         # ... and rewrite README-llm-memory.md's table
     .venv/bin/python benchmarks/llm_quality.py --size small --prompts 8      # a smoke run
 
 Model: the random T5-XL-size encoder in RankGen's layout (``bench_models.rankgen_folder``: T5 v1.1 XL
@@ -42,7 +42,7 @@ from bench_models import converted_file, rankgen_folder, release_cam_file, t5_to
 
 common.add_paths()
 
-README = common.ROOT / "README.md"
+README = common.ROOT / "README-llm-memory.md"
 START, END = "<!-- llm-quality:start -->", "<!-- llm-quality:end -->"
 GOALS = {"bf16": 0.999, "fp8": 0.99}
 

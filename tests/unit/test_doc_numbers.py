@@ -189,6 +189,8 @@ CLAIMS = [
     Claim("README.md", "the UNet receives `[2, 333, 2048]` equal to",
           "tests/host/test_sdxl_nodes.py::test_unet_gets_the_fused_2048_wide_context_and_the_stock_y",
           ('["context_shape"] == [2, 333, 2048]',)),
+    Claim("README-safety.md", "cast in 4 MiB chunks",
+          holds=lambda: constant("llm4gen_core/weight_stream.py", "CHUNK_BYTES") == 4 << 20),
     Claim("README-safety.md", "less than 256 MiB of peak memory growth",
           "tests/unit/test_untrusted_files.py::test_declared_sizes_are_never_allocated", ("PEAK_RSS_BOUND",),
           lambda: constant("tests/unit/test_untrusted_files.py", "PEAK_RSS_BOUND") == 256 * 2**20),

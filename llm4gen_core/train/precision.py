@@ -15,11 +15,11 @@ from ..errors import LLM4GENError
 
 
 def cpu_has_native_bf16() -> bool:
-    """True where oneDNN runs bf16 matmuls natively on this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """True where this CPU has native bf16 matrix units (AVX512-BF16 or AMX) and oneDNN uses them:
+    the same probe that decides the LLM's dtype auto (:func:`llm4gen_core.dtypes.cpu_auto_dtype`)."""
+    from ..dtypes import cpu_auto_dtype
+
+    return cpu_auto_dtype().dtype == torch.bfloat16
 
 
 def choose(requested: str, on_gpu: bool, gpu_bf16: bool = False, cpu_bf16: bool | None = None) -> tuple[str, str]:

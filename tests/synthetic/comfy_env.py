@@ -29,6 +29,13 @@ def comfyui_root() -> Path:
     return _host_module().comfyui_root()
 
 
+def comfy_t5_tokenizer() -> Path | None:
+    """ComfyUI's bundled T5 tokenizer folder (tokenizer.json of the T5 v1.1 vocabulary), or None
+    where the host has none."""
+    folder = comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"
+    return folder if (folder / "tokenizer.json").is_file() else None
+
+
 def cache_dir() -> Path:
     return _host_module().cache_dir()
 

@@ -13,6 +13,7 @@ import sentencepiece as spm
 from llm4gen_core import LLMLoadError
 from llm4gen_core.tokenization import HFTokenizer, SentencePieceTokenizer, load_t5_tokenizer
 from synthetic.llm import tiny_bpe_tokenizer, tiny_spm_tokenizer, tiny_t5_tokenizer_json
+from synthetic.comfy_env import comfy_t5_tokenizer
 
 # Whitespace edge cases, unicode, emoji, the release's own example prompt (leading/trailing "\n").
 PLAIN = [
@@ -149,16 +150,7 @@ def test_hf_tokenizer_plain_and_chat(tmp_path):
 
 # ---- ComfyUI's bundled T5 tokenizer (tokenizer.json of the real T5 v1.1 vocabulary) -------------
 
-def _comfy_t5_tokenizer() -> Path | None:
-    try:
-        from scripts.comfyui_host import comfyui_root
-    except ImportError:
-        return None
-    folder = comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"
-    return folder if (folder / "tokenizer.json").is_file() else None
-
-
-COMFY_T5 = _comfy_t5_tokenizer()
+COMFY_T5 = comfy_t5_tokenizer()
 needs_comfy = pytest.mark.skipif(COMFY_T5 is None, reason="ComfyUI's t5_tokenizer folder is not installed")
 
 

@@ -15,18 +15,10 @@ from pathlib import Path
 import pytest
 
 from llm4gen_core.tokenization import load_t5_tokenizer
+from synthetic.comfy_env import comfy_t5_tokenizer
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "t5_tokenizer_corpus.json"
 SPECIAL_TEXT = ("</s>", "<pad>", "<unk>", "<extra_id_")
-
-
-def _comfy_t5_tokenizer() -> Path | None:
-    try:
-        from scripts.comfyui_host import comfyui_root
-    except ImportError:
-        return None
-    folder = comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"
-    return folder if (folder / "tokenizer.json").is_file() else None
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def corpus() -> dict:
 
 @pytest.fixture(scope="module")
 def tokenizer_folder(corpus) -> Path:
-    folder = _comfy_t5_tokenizer()
+    folder = comfy_t5_tokenizer()
     if folder is None:
         pytest.skip("ComfyUI's t5_tokenizer folder is not installed")
     digest = hashlib.sha256((folder / "tokenizer.json").read_bytes()).hexdigest()

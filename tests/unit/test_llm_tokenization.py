@@ -5,7 +5,6 @@ the ``tokenizers`` library, and with the installed transformers, never through l
 """
 import json
 import re
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm

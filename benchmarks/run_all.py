@@ -161,14 +161,14 @@ def format_rows(results: dict, quick: bool) -> list[list[str]]:
     names = {"bin": "release .bin (fp32)", "bf16": "bf16 file", "fp16": "fp16 file", "fp8": "fp8 file"}
     for (source, dtype), r in load.items():
         goal = f"<= {r['goal_gib']} GiB" if r.get("goal_gib") else "report"
-        out.append([f"load_llm {size} {names[source]} as {dtype} (computes {r['compute']}): peak RSS (anon), time",
+        out.append([f"format load {size}: {names[source]} as {dtype} (computes {r['compute']}): peak RSS (anon), time",
                     f"{common.fmt_gib(r['peak_rss_gib'])} ({r['peak_anon_rss_gib']:.2f}), {common.fmt_s(r['seconds'], 1)}",
                     f"{common.fmt_gib(r['weights_gib'])} weights, {common.fmt_gib(r['before_gib'])} before",
                     f"{r['growth_per_weights']:.2f}x growth", goal,
                     _met(r["peak_rss_gib"] <= r["goal_gib"]) if r.get("goal_gib") else "-"])
     base, bf16 = load.get(("bin", "fp32")), load.get(("bf16", "bf16"))
     if base and bf16:
-        out.append(_ratio_row(f"load_llm {size} time: bf16 safetensors vs the fp32 .bin as fp32 (fastest of "
+        out.append(_ratio_row(f"format load {size} time: bf16 safetensors vs the fp32 .bin as fp32 (fastest of "
                               f"{len(base['seconds_all'])})", bf16["seconds"], base["seconds"], "<= 0.3x", 0.3))
     enc = (results.get("llm_formats_encode") or {}).get("encode")
     if enc:

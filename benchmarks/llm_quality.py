@@ -192,9 +192,16 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="keep the rows already in --json (and the fp32 features cached beside it); run the rest")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's quality table")
+    parser.add_argument("--from-json", default=None, help="print (and with --readme write) the table of a saved run")
     args = parser.parse_args(argv)
     if args.resume and not args.json:
         parser.error("--resume needs --json")
+    if args.from_json:  # the table of an earlier run, without running anything
+        text = table(json.loads(Path(args.from_json).read_text()))
+        print(text)
+        if args.readme:
+            rewrite_readme(text)
+        return 0
     start = time.perf_counter()
     device = torch.device(args.device)
     emulate = {"yes": True, "no": False}.get(args.emulate_bf16, device.type == "cpu" and

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import random
 import sys
 import time
@@ -187,9 +188,20 @@ def main(argv=None) -> int:
     parser.add_argument("--emulate-bf16", choices=["auto", "yes", "no"], default="auto",
                         help="auto: emulate bf16 compute on CPUs without native bf16 units")
     parser.add_argument("--only", default=None, help="comma-separated row numbers (1 = first after fp32) to run")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None, help="results, written after every row")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows already in --json (and the fp32 features cached beside it); run the rest")
     parser.add_argument("--readme", action="store_true", help="rewrite the README's quality table")
+    parser.add_argument("--from-json", default=None, help="print (and with --readme write) the table of a saved run")
     args = parser.parse_args(argv)
+    if args.resume and not args.json:
+        parser.error("--resume needs --json")
+    if args.from_json:  # the table of an earlier run, without running anything
+        text = table(json.loads(Path(args.from_json).read_text()))
+        print(text)
+        if args.readme:
+            rewrite_readme(text)
+        return 0
     start = time.perf_counter()
     device = torch.device(args.device)
     emulate = {"yes": True, "no": False}.get(args.emulate_bf16, device.type == "cpu" and
@@ -207,7 +219,21 @@ def main(argv=None) -> int:
     result = {"machine": common.machine(), "size": args.size, "prompts": len(texts), "device": str(device),
               "rows": [], "prompt_texts": texts}
     reference = None
+    json_path = Path(args.json) if args.json else None
+    ref_cache = json_path.with_suffix(".fp32-features.pt") if json_path else None
+    if args.resume and json_path.is_file():
+        done = json.loads(json_path.read_text())
+        if done.get("prompt_texts") == texts and done.get("size") == args.size and ref_cache.is_file():
+            result["rows"], result["params_b"] = done["rows"], done.get("params_b")
+            result["seconds_before"] = done.get("seconds", 0) + done.get("seconds_before", 0)
+            reference = torch.load(ref_cache, weights_only=True)
+            reference = (reference["features"], reference["cam"])
+            print(f"[quality] resuming: {len(result['rows'])} rows from {json_path}", file=sys.stderr, flush=True)
+    key = lambda row: (row["format"], row["dtype"], row["emulate"])  # noqa: E731
+    finished = {key(row) for row in result["rows"]}
     for row in plan:
+        if key(row) in finished:
+            continue
         path = rankgen_folder(args.size) if row["source"] == "bin" else converted_file(args.size, row["source"])
         began = time.perf_counter()
         print(f"[quality] {row['format']} computing in {row['dtype']}{' (bf16 emulated)' if row['emulate'] else ''}",
@@ -224,6 +250,8 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 ref_cam = torch.cat([cam(clips[i:i + 1], feats[i:i + 1]) for i in range(len(texts))])
             reference = (feats, ref_cam)
+            if ref_cache:
+                torch.save({"features": feats, "cam": ref_cam}, ref_cache)
             got = {"cos_mean": 1.0, "cos_min": 1.0, "token_cos_min": 1.0, "cam_max_abs_diff": 0.0, "cam_max_rel_diff": 0.0}
         computes = "bf16" if row["emulate"] else row["dtype"]
         result["rows"].append({**row, **got, "computes": computes, "seconds": time.perf_counter() - began})
@@ -231,7 +259,10 @@ def main(argv=None) -> int:
               f"{got['cos_mean']:.6f}, min {got['cos_min']:.6f}, worst token {got['token_cos_min']:.5f}, CAM max diff "
               f"{got['cam_max_abs_diff']:.3g} ({got['cam_max_rel_diff']:.2%}) in {time.perf_counter() - began:.0f} s",
               file=sys.stderr, flush=True)
-    result["seconds"] = time.perf_counter() - start
+        result["seconds"] = time.perf_counter() - start
+        common.write_json(args.json, result)  # a killed run keeps its rows (--resume)
+    result["rows"].sort(key=lambda row: [key(r) for r in plan].index(key(row)) if key(row) in map(key, plan) else 99)
+    result["seconds"] = time.perf_counter() - start + result.pop("seconds_before", 0)
     text = table(result)
     print(text)
     common.write_json(args.json, result)

@@ -26,11 +26,14 @@ ROWS = [
     "load_llm small fp32: peak RSS",
     "load_llm small bf16: peak RSS",
     "load_llm small fp16: peak RSS",
-    "load_llm small release .bin (fp32) as bf16",
-    "load_llm small bf16 file as bf16",
-    "load_llm small fp8 file as auto",
-    "load_llm small time: bf16 safetensors vs the fp32 .bin",
     "LLM held during KSampler",
+    "format load small: release .bin (fp32) as fp32",
+    "format load small: release .bin (fp32) as bf16",
+    "format load small: bf16 file as bf16",
+    "format load small: fp8 file as auto",
+    "format load small time: bf16 safetensors vs the fp32 .bin",
+    "llm.encode small, 256 tok, B=1: dtype auto",
+    "llm.encode small, 256 tok, B=1: fp8 file",
     "GPU table",
 ]
 

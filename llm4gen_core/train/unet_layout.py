@@ -4,8 +4,9 @@ ComfyUI's stock UNETLoader ("Load Diffusion Model", ``models/diffusion_models``)
 in the ldm layout of the original Stable Diffusion code (``input_blocks.*``, ``middle_block.*``,
 ``output_blocks.*``, ``time_embed.*``, ``out.*``, SDXL's ``label_emb.*``; no prefix) for any
 shape; a diffusers-layout UNet it loads only when its config equals a known model's exactly
-(DESIGN.md section 6, "Trap"). Training works on diffusers modules, so both directions are
-needed:
+(ComfyUI 0.3.75, ``comfy/model_detection.py``: full SD1.5, SDXL, ...), so a smaller or custom UNet
+reaches ComfyUI only in the ldm layout. Training works on diffusers modules, so both directions
+are needed:
 
 - :func:`diffusers_to_comfy` / :func:`comfy_to_diffusers`: rename a state dict, driven by the
   diffusers config (block channels, res blocks per level, transformer depths, block types,

@@ -15,6 +15,8 @@ All session-scoped, sharing one temp ``--base-directory``:
   ``sdxl_models``: a tiny SDXL UNet, its two text encoders and an SDXL Cross-Adapter (for the
   tiny LLM) in the model folders; ``sdxl_clip_reference``: those text encoders' features
   computed by transformers.
+- ``fusion`` / ``sdxl_fusion``: the expected fusion (``compose_support.Fusion``) of the SD1.5 / SDXL
+  Cross-Adapter; ``sdxl``: ``llm4gen_models`` with the SDXL Cross-Adapter.
 
 Every test under tests/host is marked ``host``. A new host test looks like::
 
@@ -34,6 +36,7 @@ Every test under tests/host is marked ``host``. A new host test looks like::
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,6 +167,28 @@ def sdxl_models(comfy_base) -> SDXLModels:
         adapter=comfy_base.place("llm4gen", sdxl.tiny_sdxl_projector(), "sdxl-tiny-cam.safetensors"),
         adapter_path=sdxl.tiny_sdxl_projector(),
     )
+
+
+@pytest.fixture(scope="session")
+def fusion(llm4gen_models):
+    """The expected SD1.5 fusion, computed with ``llm4gen_core`` on the same files (compose_support.Fusion)."""
+    from compose_support import Fusion
+
+    return Fusion(llm4gen_models)
+
+
+@pytest.fixture(scope="session")
+def sdxl(llm4gen_models, sdxl_models) -> LLM4GENModels:
+    """The tiny LLM with the SDXL Cross-Adapter (names for the graphs, paths for the references)."""
+    return dataclasses.replace(llm4gen_models, adapter=sdxl_models.adapter, adapter_path=sdxl_models.adapter_path)
+
+
+@pytest.fixture(scope="session")
+def sdxl_fusion(sdxl):
+    """The expected SDXL fusion, computed with ``llm4gen_core`` on the same files (compose_support.Fusion)."""
+    from compose_support import Fusion
+
+    return Fusion(sdxl)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import MODEL, TEXT, verified
-from compose_support import (CLIP_TOL, POSITIVE, Fusion, assert_fused, clip_reference_with_vectors, latent_only,
+from compose_support import (CLIP_TOL, POSITIVE, assert_fused, clip_reference_with_vectors, latent_only,
                              rows_by_side, saved_latent, write_lora)
 from synthetic import sd15
 
@@ -23,11 +23,6 @@ pytestmark = pytest.mark.host
 
 STEPS = 1
 NEGATIVE = ""
-
-
-@pytest.fixture(scope="module")
-def fusion(llm4gen_models):
-    return Fusion(llm4gen_models)
 
 
 def apply_graph(checkpoint: str, models, positive: str, negative: str, prefix: str, **fusion_options) -> dict:

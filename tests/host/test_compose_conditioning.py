@@ -15,7 +15,7 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, SAMPLING, verified
-from compose_support import FUSION_TOL, POSITIVE, Fusion, assert_fused, assert_unchanged, latent_only, snapshot
+from compose_support import FUSION_TOL, POSITIVE, assert_fused, assert_unchanged, latent_only, snapshot
 
 pytestmark = pytest.mark.host
 
@@ -31,11 +31,6 @@ ADDED_KEYS = {"ts": {"start_percent", "end_percent"}, "area": {"area", "strength
               "mask": {"mask", "mask_strength", "set_area_to_bounds"}, "concat": set(), "avg": set()}
 ENTRIES = ("ts", "area", "mask", "concat")  # the combined conditioning, in order
 FUSED_KEYS = {"llm4gen", "cross_attn_controlnet"}
-
-
-@pytest.fixture(scope="module")
-def fusion(llm4gen_models):
-    return Fusion(llm4gen_models)
 
 
 def base_graph(checkpoint: str, prefix: str, steps: int = 2) -> dict:

@@ -9,7 +9,7 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, verified
-from compose_support import CLIP_TOL, POSITIVE, Fusion, assert_fused, latent_only, rows_by_side
+from compose_support import CLIP_TOL, POSITIVE, assert_fused, latent_only, rows_by_side
 from synthetic import sd15
 
 pytestmark = pytest.mark.host
@@ -17,11 +17,6 @@ pytestmark = pytest.mark.host
 NEGATIVE = ""
 CNET = "cnet_apply"
 STEPS = 1  # what a step receives is the same at every step; one keeps the test cheap
-
-
-@pytest.fixture(scope="module")
-def fusion(llm4gen_models):
-    return Fusion(llm4gen_models)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ the conditioning's dict. Apply passes the dict through, so ``y`` must be, row fo
 the same graph without LLM4GEN gives; the context must be the fused one."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 
@@ -18,7 +17,7 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, CONTROLNET, MODEL, SAMPLING, SDXL, verified
-from compose_support import POSITIVE, Fusion, assert_fused, rows_by_side, write_lora
+from compose_support import POSITIVE, assert_fused, rows_by_side, write_lora
 from synthetic import sdxl as sdxl_models_source
 
 pytestmark = pytest.mark.host
@@ -30,17 +29,6 @@ CLIP_TOL = dict(atol=1e-4, rtol=1e-4)  # ComfyUI's SDXL CLIP (fp32 in the tests'
 # CLIP Text Encode (SDXL)'s keys, each unlike its default, and the order SDXL embeds them in y.
 SIZES = dict(width=1024, height=768, crop_w=32, crop_h=16, target_width=896, target_height=640)
 Y_ORDER = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
-
-
-@pytest.fixture(scope="module")
-def sdxl(llm4gen_models, sdxl_models):
-    """The tiny LLM with the SDXL Cross-Adapter (names for the graphs, paths for the references)."""
-    return dataclasses.replace(llm4gen_models, adapter=sdxl_models.adapter, adapter_path=sdxl_models.adapter_path)
-
-
-@pytest.fixture(scope="module")
-def fusion(sdxl):
-    return Fusion(sdxl)
 
 
 def sdxl_graph(models, prefix: str, positive: str = POSITIVE, **options) -> dict:
@@ -71,7 +59,7 @@ def with_sdxl_encoders(prompt: dict) -> dict:
     return prompt
 
 
-def test_clip_text_encode_sdxl_keeps_its_sizes_in_y(request, comfy_inprocess, sdxl_models, sdxl, fusion,
+def test_clip_text_encode_sdxl_keeps_its_sizes_in_y(request, comfy_inprocess, sdxl_models, sdxl, sdxl_fusion,
                                                     sdxl_clip_reference):
     """y is checked against an independent computation here (the stock graph's y for CLIP Text
     Encode is compared in test_sdxl_nodes.py, and row for row under areas below)."""
@@ -85,7 +73,7 @@ def test_clip_text_encode_sdxl_keeps_its_sizes_in_y(request, comfy_inprocess, sd
         torch.testing.assert_close(y[side][:, :1280], pooled[i: i + 1], **CLIP_TOL)
         torch.testing.assert_close(y[side][:, 1280:], size_embedding(SIZES), atol=1e-5, rtol=0)
         torch.testing.assert_close(context[side][:, :77], contexts[i: i + 1], **CLIP_TOL)
-        assert_fused(context[side], context[side][:, :77], text, fusion, f"CLIPTextEncodeSDXL {side}")
+        assert_fused(context[side], context[side][:, :77], text, sdxl_fusion, f"CLIPTextEncodeSDXL {side}")
     encoded = comfy_inprocess.node_output(g.POS)[0]
     # Every key of CLIP Text Encode (SDXL)'s dict passes through as the same object.
     (fused,) = comfy_inprocess.node_output(lg.FUSE_POS)
@@ -127,7 +115,7 @@ def controlnet_graph(models, sdxl, controlnet: str, where: str, mode: str) -> di
 
 @pytest.mark.parametrize("where,modes", [("before", ("clip", "fused")), ("after", ("clip",))], ids=["before", "after"])
 def test_sdxl_controlnet_sees_clip_or_fused_tokens(where, modes, request, comfy_inprocess, sdxl_models, sdxl,
-                                                   controlnet_name, fusion):
+                                                   controlnet_name, sdxl_fusion):
     """After Apply, `fused` is a stock ControlNet on stock-shaped conditioning; `clip` is the
     case that needs the fused entries to carry the CLIP tokens, so only it runs there."""
     seen = {}
@@ -140,7 +128,7 @@ def test_sdxl_controlnet_sees_clip_or_fused_tokens(where, modes, request, comfy_
         # The SDXL ControlNet gets the UNet's y (pooled output + sizes), as stock.
         assert control["y_shape"] == [2, 2816] and torch.equal(control["y"], call["y"])
         for side, text in SIDES:
-            assert_fused(unet[side], unet[side][:, :77], text, fusion, f"{where}/{mode}: UNet {side}")
+            assert_fused(unet[side], unet[side][:, :77], text, sdxl_fusion, f"{where}/{mode}: UNet {side}")
             if mode == "clip":
                 assert call["controlnet_context_key"] == "crossattn_controlnet"
                 assert list(cnet[side].shape) == [1, 77, 2048]
@@ -198,7 +186,7 @@ def reference_with_lora(reference, deltas: dict, texts: list[str]):
 
 
 def test_sdxl_lora_patches_unet_and_both_text_encoders(request, comfy_inprocess, comfy_base, sdxl_models, sdxl,
-                                                       fusion, sdxl_clip_reference, tmp_path, caplog):
+                                                       sdxl_fusion, sdxl_clip_reference, tmp_path, caplog):
     path = tmp_path / "llm4gen-sdxl-lora.safetensors"
     deltas = write_lora(path, {**CLIP_LORA, **UNET_LORA}, scale=0.2, seed=7)
     prompt = fused_graph(sdxl_models, sdxl, "sdxl-lora")
@@ -226,7 +214,7 @@ def test_sdxl_lora_patches_unet_and_both_text_encoders(request, comfy_inprocess,
         torch.testing.assert_close(y[side][:, :1280], pooled[i: i + 1], **CLIP_TOL)
         change = (contexts[i, 1:] - plain_contexts[i, 1:]).abs().amax(dim=-1)
         assert (change > 100 * CLIP_TOL["atol"]).all(), change.min()
-        assert_fused(context[side], context[side][:, :77], text, fusion, f"LoRA {side}")
+        assert_fused(context[side], context[side][:, :77], text, sdxl_fusion, f"LoRA {side}")
     verified(request, "LoraLoader", MODEL,
              "every LoRA key mapped (UNet, CLIP-L `te1`, bigG `te2`); CLIP part and y's pooled output = transformers "
              "CLIP-L + bigG with the LoRA's deltas; LLM tokens = fusion of the LoRA'd CLIP tokens", SDXL)
@@ -262,7 +250,7 @@ def area_graph(models, sdxl, placement: str | None) -> dict:
 
 
 def test_sdxl_latent_batch_with_combine_and_area_before_and_after_apply(request, comfy_inprocess, sdxl_models,
-                                                                        sdxl, fusion):
+                                                                        sdxl, sdxl_fusion):
     """Each UNet call of the LLM4GEN graphs is the stock graph's call, row for row: the same latent
     crop, sigma, sides and y; the context is the fusion of the stock call's CLIP tokens (every
     positive entry fused with the positive LLM prompt, as the graphs wire it)."""
@@ -274,7 +262,7 @@ def test_sdxl_latent_batch_with_combine_and_area_before_and_after_apply(request,
     def expected(clip: torch.Tensor, text: str) -> torch.Tensor:
         key = (text, clip.numpy().tobytes())
         if key not in fused_cache:
-            fused_cache[key] = fusion(clip, text)
+            fused_cache[key] = sdxl_fusion(clip, text)
         return fused_cache[key]
 
     for placement in ("before", "after"):

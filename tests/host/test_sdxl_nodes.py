@@ -8,7 +8,6 @@ from transformers on the same files, concatenated, the LLM features from ``load_
 from ``load_cross_adapter``; ``y`` against the stock graph's for the same prompt."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch
 import llm4gen_graphs as lg
 import stock_graphs as g
 from comfy_harness import ComfyExecutionError
-from compose_support import POSITIVE, Fusion, assert_fused, rows_by_side
+from compose_support import POSITIVE, assert_fused, rows_by_side
 
 pytestmark = pytest.mark.host
 
@@ -28,23 +27,12 @@ CLIP_TOL = dict(atol=1e-4, rtol=1e-4)
 CHAIN_TOL = dict(atol=1e-3, rtol=1e-3)
 
 
-@pytest.fixture(scope="module")
-def sdxl(llm4gen_models, sdxl_models):
-    """The tiny LLM with the SDXL Cross-Adapter (names for the graphs, paths for the references)."""
-    return dataclasses.replace(llm4gen_models, adapter=sdxl_models.adapter, adapter_path=sdxl_models.adapter_path)
-
-
-@pytest.fixture(scope="module")
-def fusion(sdxl):
-    return Fusion(sdxl)
-
-
 def sdxl_graph(models, prefix: str, **options) -> dict:
     return g.sdxl_txt2img(models.unet, models.clip_l, models.clip_g, POSITIVE, NEGATIVE, steps=1, prefix=prefix,
                           **options)
 
 
-def test_unet_gets_the_fused_2048_wide_context_and_the_stock_y(comfy_inprocess, sdxl_models, sdxl, fusion,
+def test_unet_gets_the_fused_2048_wide_context_and_the_stock_y(comfy_inprocess, sdxl_models, sdxl, sdxl_fusion,
                                                                sdxl_clip_reference):
     import comfy.model_base
     import comfy.supported_models
@@ -73,9 +61,9 @@ def test_unet_gets_the_fused_2048_wide_context_and_the_stock_y(comfy_inprocess, 
         for side, text in SIDES:
             assert torch.equal(context[side][:, :77], stock_context[side]), f"{name}: CLIP tokens changed"
             # Independent: transformers' CLIP-L + bigG -> load_llm's features -> load_cross_adapter.
-            torch.testing.assert_close(context[side].float(), fusion(reference[side][0], text), **CHAIN_TOL)
+            torch.testing.assert_close(context[side].float(), sdxl_fusion(reference[side][0], text), **CHAIN_TOL)
             # Exactly llm4gen_core's fusion of the CLIP tokens ComfyUI gave.
-            assert_fused(context[side], context[side][:, :77], text, fusion, f"{name} {side}")
+            assert_fused(context[side], context[side][:, :77], text, sdxl_fusion, f"{name} {side}")
             assert torch.equal(y[side], stock_y[side]), f"{name}: {side} y is not the stock graph's"
         (conditioning,) = comfy_inprocess.node_output(lg.FUSE_POS)
         options = conditioning[0][1]

@@ -88,6 +88,9 @@ def parser() -> argparse.ArgumentParser:
                      "(our reading of the AAAI version, see README); 0: off")
     opt.add_argument("--entity-pairs", default="metadata", choices=ENTITY_PAIRS, help="where entity-attribute "
                      "pairs come from: the data's 'pairs', or spaCy's English pipeline")
+    opt.add_argument("--spacy-model", default="en_core_web_sm", help="the spaCy pipeline for --entity-pairs "
+                     "spacy: an installed package's name or a pipeline folder (nlp.to_disk); it needs a "
+                     "parser and part-of-speech tags")
 
     run = p.add_argument_group("run")
     run.add_argument("--output", required=True, help="where the outputs, train_log.jsonl and checkpoints go")

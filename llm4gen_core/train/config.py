@@ -62,6 +62,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     entity_loss_weight: float = 0.0  # entity-guided regularisation (our reading of the AAAI version)
     entity_pairs: str = "metadata"
+    spacy_model: str = "en_core_web_sm"  # --entity-pairs spacy: a package name or a pipeline folder
     # run management
     resume: str | None = None       # "latest" or a checkpoint folder
     checkpoint_every: int = 500

@@ -113,16 +113,33 @@ def symmetric_kl(maps: list[torch.Tensor], groups) -> torch.Tensor | None:
 
 
 class SpacyPairs:
-    """Adjective-noun pairs from spaCy's English pipeline, for data that carries none."""
+    """Adjective-noun pairs from a spaCy English pipeline, for data that carries none: each
+    adjectival modifier (dependency ``amod``) with the noun it modifies (its head, tagged NOUN or
+    PROPN). ``model`` is what ``spacy.load`` takes: a package name or a pipeline folder."""
 
     def __init__(self, model: str = "en_core_web_sm"):
         try:
             import spacy
-
+        except ImportError:
+            raise LLM4GENError("--entity-pairs spacy needs spaCy and an English pipeline: "
+                               f"pip install spacy && python -m spacy download {model}") from None
+        try:
             self.nlp = spacy.load(model)
-        except (ImportError, OSError) as exc:
-            raise LLM4GENError(f"--entity-pairs spacy needs spaCy with the {model} pipeline "
-                               f"(pip install spacy && python -m spacy download {model}): {exc}") from None
+        except OSError as exc:  # spaCy's "can't find model" is an OSError (E050)
+            raise LLM4GENError(f"--entity-pairs spacy: no spaCy pipeline {model!r} (install it with "
+                               f"python -m spacy download {model}, or give --spacy-model a pipeline "
+                               f"folder): {exc}") from None
+        missing = {"parser", "tagger/morphologizer"} - self._parts()
+        if missing:
+            raise LLM4GENError(f"--entity-pairs spacy: the pipeline {model!r} has no {' or '.join(sorted(missing))}; "
+                               "adjective-noun pairs need dependencies and part-of-speech tags")
+
+    def _parts(self) -> set[str]:
+        names = set(self.nlp.pipe_names)
+        parts = {"parser"} if "parser" in names else set()
+        if names & {"tagger", "morphologizer", "attribute_ruler"}:
+            parts.add("tagger/morphologizer")
+        return parts
 
     def __call__(self, caption: str) -> list[tuple[str, str]]:
         doc = self.nlp(caption)

@@ -86,7 +86,7 @@ class Trainer:
         self.recorder = entity.AttentionRecorder() if cfg.entity_loss_weight > 0 else None
         if self.recorder is not None:
             self.recorder.install(unet)
-        self.find_pairs = entity.SpacyPairs() if self.recorder and cfg.entity_pairs == "spacy" else None
+        self.find_pairs = entity.SpacyPairs(cfg.spacy_model) if self.recorder and cfg.entity_pairs == "spacy" else None
         self.denoiser = Denoiser(cam, unet)
         self.trainable = {n: p for n, p in self.denoiser.named_parameters() if p.requires_grad}
         self.text = FrozenTextEncoders(self.base, llm, self.recipe)

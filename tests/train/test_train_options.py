@@ -186,10 +186,67 @@ def test_adam8bit_without_bitsandbytes_says_what_to_install(tiny, tmp_path, monk
 
 
 def test_spacy_pairs_without_spacy_say_what_to_install(tiny, tmp_path, monkeypatch, capsys):
-    """spaCy's English pipeline is not on the package index, so only its absence is tested here."""
+    """Without spaCy: one line saying what to install (with spaCy, the tests below train a pipeline)."""
     import sys
 
     monkeypatch.setitem(sys.modules, "spacy", None)
     assert main(train_args(tiny, tmp_path / "o", "--entity-loss-weight", "0.1", "--entity-pairs", "spacy",
                            steps=1)) == 2
     assert "python -m spacy download en_core_web_sm" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def spacy_pipeline(tmp_path_factory):
+    pytest.importorskip("spacy")  # installed by the test set-up (tests/requirements.txt)
+    from synthetic.spacy_pipeline import train_pipeline
+
+    return train_pipeline(tmp_path_factory.mktemp("spacy") / "tiny_en")
+
+
+def test_spacy_pairs_are_adjectival_modifiers_of_nouns(spacy_pipeline):
+    from synthetic.spacy_pipeline import EXPECTED_PAIRS
+
+    find_pairs = entity.SpacyPairs(str(spacy_pipeline))
+    assert {caption: find_pairs(caption) for caption in EXPECTED_PAIRS} == EXPECTED_PAIRS
+
+
+def test_entity_loss_with_spacy_pairs_trains(tiny, tmp_path, spacy_pipeline):
+    """Captions without 'pairs' in the data: the pairs come from the spaCy pipeline, so the entity
+    loss is above zero exactly for the steps whose caption has an adjective-noun pair (0 without)."""
+    import json
+
+    from synthetic.spacy_pipeline import EXPECTED_PAIRS
+
+    data = tmp_path / "data"
+    data.mkdir()
+    captions = list(EXPECTED_PAIRS)
+    lines = []
+    for number, line in enumerate((tiny.data / "metadata.jsonl").read_text().splitlines()[:4]):
+        entry = json.loads(line)
+        (data / entry["file_name"]).write_bytes((tiny.data / entry["file_name"]).read_bytes())
+        lines.append(json.dumps({"file_name": entry["file_name"], "text": captions[number]}))
+    (data / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = train_args(tiny, out, "--entity-loss-weight", "0.1", "--entity-pairs", "spacy", "--spacy-model",
+                      str(spacy_pipeline), "--caption-dropout", "0", "--log-samples", steps=4)
+    args[args.index("--data") + 1] = str(data)
+    args[args.index("--batch-size") + 1] = "1"
+    assert main(args) == 0
+    log = records(out)
+    assert len(log) == 4
+    caption_of = {json.loads(line)["file_name"]: json.loads(line)["text"] for line in lines}
+    seen = set()
+    for record in log:
+        ((key,),) = record["sample_keys"]
+        caption = caption_of[key]
+        seen.add(caption)
+        assert (record["entity_loss"] > 0) == bool(EXPECTED_PAIRS[caption]), (caption, record)
+    assert len(seen) == 4, "one epoch of 4 samples at batch size 1 shows every caption once"
+
+
+def test_spacy_pipeline_missing_is_one_clear_line(tiny, tmp_path, capsys):
+    pytest.importorskip("spacy")
+    assert main(train_args(tiny, tmp_path / "o", "--entity-loss-weight", "0.1", "--entity-pairs", "spacy",
+                           "--spacy-model", str(tmp_path / "no_such_pipeline"), steps=1)) == 2
+    err = capsys.readouterr().err
+    assert "no spaCy pipeline" in err and "--spacy-model" in err and "Traceback" not in err

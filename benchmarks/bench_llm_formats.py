@@ -31,7 +31,7 @@ from bench_models import converted_file, rankgen_folder, t5_tokenizer_folder
 
 common.add_paths()
 
-GOALS = {  # (source, dtype) -> peak RSS goal, GiB (issue 15, at the release's size)
+GOALS = {  # (source, dtype) -> peak RSS goal, GiB (the goals, at the release's size)
     ("bin", "bf16"): 2.9, ("bf16", "bf16"): 2.9, ("fp8", "auto"): 1.6,
 }
 

@@ -49,7 +49,7 @@ def plan(quick: bool, gpu: bool) -> list[tuple[str, str, list[str]]]:
         # LLM Encode in ComfyUI vs the bare forward: only the LLM's size matters, so the small SD1.5.
         ("encode_xl", "bench_host.py", ["encode", "--small-checkpoint", "--llm", "xl", "--encode-repeats", "4", *host]),
         ("steps_pytorch", "bench_host.py", ["steps", "--attention", "pytorch", "--rounds", "4", "--steps", "1", *host]),
-        # The converter's formats (issue 15): load peak RSS and time per format; encode with dtype auto.
+        # The converter's formats: load peak RSS and time per format; encode with dtype auto.
         ("llm_formats_load", "bench_llm_formats.py", ["load", "--size", "xl", "--rounds", "2"]),
         ("llm_formats_encode", "bench_llm_formats.py", ["encode", "--size", "xl", "--repeats", "5"]),
     ]

@@ -38,8 +38,8 @@ class BrowserUnavailable(RuntimeError):
 
 def find_binaries() -> tuple[str, str]:
     """Paths of chromium and chromedriver; BrowserUnavailable (naming the fix) without them."""
-    chromium = os.environ.get("LLM4GEN_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = os.environ.get("LLM4GEN_CHROMEDRIVER") or shutil.which("chromedriver")
+    chromium = _which("LLM4GEN_CHROMIUM", "chromium", "chromium-browser")
+    driver = _which("LLM4GEN_CHROMEDRIVER", "chromedriver")
     if not chromium or not driver:
         raise BrowserUnavailable(
             f"chromium ({chromium or 'missing'}) and chromedriver ({driver or 'missing'}) are needed: "
@@ -50,6 +50,13 @@ def find_binaries() -> tuple[str, str]:
         raise BrowserUnavailable("selenium is needed: run scripts/bootstrap.sh "
                                  "or `pip install -r tests/requirements.txt`") from None
     return chromium, driver
+
+
+def _which(variable: str, *names: str) -> str | None:
+    """The executable $variable names if set (else missing), or the first of names on PATH."""
+    if os.environ.get(variable):
+        return shutil.which(os.environ[variable])
+    return next(filter(None, map(shutil.which, names)), None)
 
 
 @contextlib.contextmanager

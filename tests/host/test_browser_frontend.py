@@ -125,9 +125,11 @@ def wait_until_unblocked(driver, when: str, timeout: float = 60) -> None:
     BlockUI in frontend 1.32.9). A mask that stays is a failure; the test never removes one."""
     try:
         WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: not d.execute_script(MASKS_JS))
+        return
     except TimeoutException:
-        pytest.fail(f"the page stays blocked {when}: masks {driver.execute_script(MASKS_JS)} "
-                    f"still cover it after {timeout:.0f} s")
+        pass
+    pytest.fail(f"the page stays blocked {when}: masks {driver.execute_script(MASKS_JS)} "
+                f"still cover it after {timeout:.0f} s")
 
 
 def click(element, what: str, timeout: float = 10) -> None:
@@ -141,9 +143,10 @@ def click(element, what: str, timeout: float = 10) -> None:
             element.click()
             return
         except ElementClickInterceptedException as e:
-            if time.monotonic() > deadline:
-                pytest.fail(f"could not click {what}: the page stays covered ({e.msg})")
-            time.sleep(0.25)
+            covered = e.msg
+        if time.monotonic() > deadline:
+            pytest.fail(f"could not click {what}: the page stays covered ({covered})")
+        time.sleep(0.25)
 
 
 def assert_graph_is_whole(driver, name: str, host) -> None:

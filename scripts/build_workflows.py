@@ -12,7 +12,8 @@ writes for that graph (format, widget order, link table), not a hand-made imitat
     .venv/bin/python scripts/build_workflows.py [--check]
 
 ``--check`` rebuilds in memory and fails if a committed file differs (nodes, links, widgets).
-Needs chromium + chromedriver (scripts/install_browser.sh). Not used at run time.
+Needs chromium + chromedriver (scripts/install_browser.sh) and selenium (tests/requirements.txt),
+see scripts/chromium.py. Not used at run time.
 """
 from __future__ import annotations
 
@@ -25,12 +26,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 try:  # imported as scripts.build_workflows (tests)
-    from . import comfyui_server, workflow_specs
-    from .webdriver import Browser
+    from . import chromium, comfyui_server, workflow_specs
 except ImportError:  # run as a script
+    import chromium
     import comfyui_server
     import workflow_specs
-    from webdriver import Browser
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "example_workflows"
@@ -90,26 +90,32 @@ FRONTEND_READY = ("return !!(window.app && app.graph && window.LiteGraph && Lite
                   " && LiteGraph.registered_node_types['LLM4GENLoadLLM'])")
 
 
-def open_frontend(browser: Browser, server_url: str, timeout: float = 240) -> None:
-    """Load ComfyUI's page and wait until the frontend has registered the pack's nodes."""
-    browser.get(server_url + "/")
-    browser.wait_for(FRONTEND_READY, timeout=timeout, what="the ComfyUI frontend with the LLM4GEN nodes")
+def open_frontend(driver, server_url: str, timeout: float = 240) -> None:
+    """Load ComfyUI's page in ``driver`` (a selenium WebDriver) and wait until the frontend has
+    registered the pack's nodes."""
+    from selenium.common.exceptions import JavascriptException
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    driver.get(server_url + "/")
+    WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(JavascriptException,)).until(
+        lambda d: d.execute_script(FRONTEND_READY),
+        message=f"waited {timeout:.0f} s for the ComfyUI frontend with the LLM4GEN nodes")
 
 
-def build_in(browser: Browser) -> dict[str, dict]:
+def build_in(driver) -> dict[str, dict]:
     """Every bundled workflow, built in the open frontend and serialised by it."""
-    version = browser.run("return window.__COMFYUI_FRONTEND_VERSION__")
+    version = driver.execute_script("return window.__COMFYUI_FRONTEND_VERSION__")
     built = {}
     for make in workflow_specs.WORKFLOWS:
         spec = make()
         payload = {"nodes": [asdict(n) for n in spec.nodes], "links": [list(l) for l in spec.links],
                    "groups": [list(g) for g in spec.groups]}
-        workflow = json.loads(browser.run(BUILD_JS, payload))
+        workflow = json.loads(driver.execute_script(BUILD_JS, payload))
         workflow["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-llm4gen/{spec.name}"))
         workflow.setdefault("extra", {})["ds"] = _view(workflow)
         workflow["extra"]["frontendVersion"] = version
         built[spec.name] = workflow
-    browser.run("app.graph.clear(); return true")
+    driver.execute_script("app.graph.clear(); return true")
     return built
 
 
@@ -124,9 +130,9 @@ def file_text(workflow: dict) -> str:
 
 
 def build_all(server_url: str, artifacts: Path) -> dict[str, dict]:
-    with Browser.start(artifacts) as browser:
-        open_frontend(browser, server_url)
-        return build_in(browser)
+    with chromium.start(artifacts) as driver:
+        open_frontend(driver, server_url)
+        return build_in(driver)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Makes a headless Chromium and its WebDriver available for the real-browser test
-# (tests/browser): Debian's `chromium` and `chromium-driver` packages, never a browser download.
+# (tests/host/test_browser_frontend.py) and scripts/build_workflows.py, which drive them with
+# selenium (scripts/chromium.py): Debian's `chromium` and `chromium-driver` packages, never a
+# browser or driver download.
 # Idempotent: returns at once when both are already installed. Installs with apt-get when run
 # as root (CI machines are fresh Debian images with only Python); otherwise says what to run.
 # Always exits 0: the browser test itself reports loudly when no browser could be had.

@@ -5,9 +5,13 @@ button, wait for the image, save a screenshot (test-artifacts/browser/). Also: d
 files onto the canvas loads them; the frontend's own prompt (graphToPrompt) equals the headless
 runner's conversion; and the committed files are exactly what the frontend serialises.
 
-Chromium comes from Debian's packages (scripts/install_browser.sh, which scripts/test.sh runs);
-without it these tests are skipped with a warning naming the fix, or fail when
-LLM4GEN_REQUIRE_BROWSER=1 (CI sets it)."""
+A page that stays blocked fails: a dialog that does not close, a mask or overlay still covering
+the page (or the button to click) after the frontend had time to remove it, a node in error.
+The test waits for these to go as a user would, and never removes anything from the page.
+
+Chromium and chromedriver come from Debian's packages (scripts/install_browser.sh, which
+scripts/test.sh runs), driven by selenium (scripts/chromium.py); without them these tests are
+skipped with a warning naming the fix, or fail when LLM4GEN_REQUIRE_BROWSER=1 (CI sets it)."""
 from __future__ import annotations
 
 import os
@@ -17,8 +21,17 @@ import warnings
 import pytest
 
 from comfy_harness import REPO
-from scripts import build_workflows, workflow_api, webdriver
+from scripts import build_workflows, chromium, workflow_api
 from workflow_host import NAMES, SIZE, STEPS, workflow_host
+
+try:  # without selenium the browser fixture skips (or fails) and names the fix
+    from selenium.common.exceptions import ElementClickInterceptedException, JavascriptException, TimeoutException
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.wait import WebDriverWait
+except ImportError:
+    pass
 
 pytestmark = pytest.mark.browser
 
@@ -73,8 +86,8 @@ def host(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(host):
     try:
-        webdriver.find_binaries()
-    except webdriver.BrowserUnavailable as e:
+        chromium.find_binaries()
+    except chromium.BrowserUnavailable as e:
         if os.environ.get("LLM4GEN_REQUIRE_BROWSER") == "1":  # CI: never skip silently
             pytest.fail(f"LLM4GEN_REQUIRE_BROWSER=1 but {e}")
         warnings.warn(f"REAL-BROWSER TEST SKIPPED: {e}")
@@ -84,64 +97,92 @@ def browser(host):
     # page starts the same way every time (the tests open the template browser themselves).
     status, _ = host.server.request("POST", "/settings/Comfy.TutorialCompleted", True)
     assert status == 200
-    with webdriver.Browser.start(ARTIFACTS) as b:
-        build_workflows.open_frontend(b, host.server.url)
-        yield b
+    with chromium.start(ARTIFACTS) as driver:
+        build_workflows.open_frontend(driver, host.server.url)
+        yield driver
+        try:
+            console = driver.get_log("browser")
+        except WebDriverException:
+            console = []
         (ARTIFACTS / "browser-console.log").write_text(
-            "\n".join(f"{e.get('level')} {e.get('message')}" for e in b.console()), encoding="utf-8")
+            "\n".join(f"{e.get('level')} {e.get('message')}" for e in console), encoding="utf-8")
 
 
-def graph_types(browser) -> list[str]:
-    return browser.run("return app.graph._nodes.map((n) => n.type)")
+def wait_js(driver, script: str, *args, timeout: float, what: str):
+    """Polls ``script`` (a function body run in the page) until it returns something truthy."""
+    return WebDriverWait(driver, timeout, poll_frequency=0.25, ignored_exceptions=(JavascriptException,)).until(
+        lambda d: d.execute_script(script, *args), message=f"waited {timeout:.0f} s for {what}")
 
 
-def assert_graph_is_whole(browser, name: str, host) -> None:
+MASKS_JS = "return Array.from(document.querySelectorAll('.p-blockui-mask')).map((m) => m.className)"
+
+
+def wait_until_unblocked(driver, when: str, timeout: float = 60) -> None:
+    """The frontend covers the page with a BlockUI mask while it loads a dropped file and
+    removes it after a short fade-out. Wait until it is gone, as a user waits for the page to
+    come back before the next action: blocking again during the fade-out (a second drop) leaves
+    the first mask on the page for good, transparent and swallowing every click (PrimeVue's
+    BlockUI in frontend 1.32.9). A mask that stays is a failure; the test never removes one."""
+    try:
+        WebDriverWait(driver, timeout, poll_frequency=0.25).until(lambda d: not d.execute_script(MASKS_JS))
+        return
+    except TimeoutException:
+        pass
+    pytest.fail(f"the page stays blocked {when}: masks {driver.execute_script(MASKS_JS)} "
+                f"still cover it after {timeout:.0f} s")
+
+
+def click(element, what: str, timeout: float = 10) -> None:
+    """A real (trusted) mouse click, as a user's: WebDriver's element click, which fails when
+    another element would receive the click (ActionChains would click whatever is on top).
+    Something on top that is animating away gets ``timeout`` s; one that stays is a failure
+    that names it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            element.click()
+            return
+        except ElementClickInterceptedException as e:
+            covered = e.msg
+        if time.monotonic() > deadline:
+            pytest.fail(f"could not click {what}: the page stays covered ({covered})")
+        time.sleep(0.25)
+
+
+def assert_graph_is_whole(driver, name: str, host) -> None:
     """Every node of the file is on the canvas, known to the frontend, not in error, and no
-    loader names a file ComfyUI does not offer; no dialog (e.g. missing nodes) is open."""
+    loader names a file ComfyUI does not offer; the page is not blocked and no dialog (e.g.
+    missing nodes) is open."""
     expected = sorted(n["type"] for n in host.workflows[name]["nodes"])
-    browser.wait_for("return app.graph._nodes.length === arguments[0]", len(expected), timeout=30,
-                     what=f"{name} on the canvas")
-    state = browser.run(GRAPH_STATE_JS)
+    wait_js(driver, "return app.graph._nodes.length === arguments[0]", len(expected), timeout=30,
+            what=f"{name} on the canvas")
+    wait_until_unblocked(driver, f"after loading {name}")
+    state = driver.execute_script(GRAPH_STATE_JS)
     assert sorted(n["type"] for n in state) == expected
     assert [n for n in state if not n["registered"] or n["has_errors"] or n["bad_combos"]] == []
-    dialogs = browser.run("return Array.from(document.querySelectorAll('[role=dialog]')).map((d) => d.innerText.slice(0, 300))")
+    dialogs = driver.execute_script(
+        "return Array.from(document.querySelectorAll('[role=dialog]')).map((d) => d.innerText.slice(0, 300))")
     assert dialogs == [], f"a dialog is open after loading {name}: {dialogs}"
 
 
-UNBLOCKED_JS = """
-const masks = Array.from(document.querySelectorAll('.p-blockui-mask'));
-if (masks.every((m) => m.classList.contains('p-overlay-mask-leave'))) {
-  masks.forEach((m) => m.remove());  // unblocked already; only its fade-out transition is pending
-  return true;
-}
-return false;
-"""
-
-
-def wait_until_unblocked(browser) -> None:
-    """The frontend covers the page with a BlockUI mask while it loads a workflow. Once it
-    unblocks, the mask fades out; under load in headless Chromium that transition has been seen
-    to never finish (the mask stays in its leave state and swallows every click). Wait for the
-    unblock itself, then drop a mask that is only left over from its fade-out."""
-    browser.wait_for(UNBLOCKED_JS, timeout=60, what="the page to unblock")
-
-
-def open_from_template_browser(browser, name: str) -> None:
-    browser.run("app.graph.clear(); return true")
-    wait_until_unblocked(browser)
-    (button,) = browser.find('button[aria-label="Templates"]')
-    browser.click(button)
-    browser.wait_for("return Array.from(document.querySelectorAll('[role=dialog] span'))"
-                     ".some((e) => e.innerText.trim() === arguments[0])", PACK, timeout=60, what="the template browser")
-    entry = browser.run("return Array.from(document.querySelectorAll('[role=dialog] span'))"
-                        ".find((e) => e.innerText.trim() === arguments[0])", PACK)
-    browser.click(next(iter(entry.values())))
+def open_from_template_browser(driver, name: str) -> None:
+    driver.execute_script("app.graph.clear(); return true")
+    wait_until_unblocked(driver, f"before opening {name}")
+    (button,) = driver.find_elements(By.CSS_SELECTOR, 'button[aria-label="Templates"]')
+    click(button, "the Templates button")
+    entry = WebDriverWait(driver, 60, poll_frequency=0.25).until(
+        EC.element_to_be_clickable((By.XPATH, f"//*[@role='dialog']//span[normalize-space()='{PACK}']")),
+        message=f"waited 60 s for the template browser to list {PACK}")
+    click(entry, f"{PACK} in the template browser")
     card = f'[data-testid="template-workflow-{name}"]'
-    browser.wait_for("return !!document.querySelector(arguments[0])", card, timeout=30, what=f"the {name} card")
-    cards = browser.find(card)
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, card)), message=f"waited 30 s for the {name} card")
+    cards = driver.find_elements(By.CSS_SELECTOR, card)
     assert len(cards) == 1, f"{name} is listed {len(cards)} times"
-    browser.click(cards[0])
-    browser.wait_for("return document.querySelectorAll('[role=dialog]').length === 0", timeout=30, what="the dialog to close")
+    click(cards[0], f"the {name} card")
+    WebDriverWait(driver, 30, poll_frequency=0.25).until(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, "[role=dialog]"),
+        message=f"the template browser did not close within 30 s of opening {name}")
 
 
 def test_the_committed_workflows_are_what_the_frontend_saves(browser):
@@ -156,8 +197,8 @@ def test_the_committed_workflows_are_what_the_frontend_saves(browser):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_dropping_the_file_on_the_canvas_loads_it(browser, host, name):
-    browser.run("app.graph.clear(); return true")
-    browser.run(DROP_FILE_JS, host.workflows[name], f"{name}.json")
+    browser.execute_script("app.graph.clear(); return true")
+    browser.execute_script(DROP_FILE_JS, host.workflows[name], f"{name}.json")
     assert_graph_is_whole(browser, name, host)
 
 
@@ -167,14 +208,14 @@ def test_open_from_the_template_browser_run_and_see_the_image(browser, host, nam
     assert_graph_is_whole(browser, name, host)
 
     # The frontend's own prompt for this graph is the headless runner's conversion of the file.
-    frontend = browser.run("return app.graphToPrompt().then((r) => JSON.parse(JSON.stringify(r.output)))")
+    frontend = browser.execute_script("return app.graphToPrompt().then((r) => JSON.parse(JSON.stringify(r.output)))")
     assert frontend == workflow_api.ui_to_api(host.workflows[name], host.object_info)
 
-    browser.run(OVERRIDE_JS, SIZE, STEPS, BROWSER_SEED)  # small and quick for CI, as a user would type
+    browser.execute_script(OVERRIDE_JS, SIZE, STEPS, BROWSER_SEED)  # small and quick for CI, as a user would type
     history_before = set(host.server.request("GET", "/history")[1])
-    wait_until_unblocked(browser)
-    (run_button,) = browser.find('button[aria-label="Run"]')
-    browser.click(run_button)
+    wait_until_unblocked(browser, f"before running {name}")
+    (run_button,) = browser.find_elements(By.CSS_SELECTOR, 'button[aria-label="Run"]')
+    click(run_button, "the Run button")
     start = time.monotonic()
     while True:
         new = set(host.server.request("GET", "/history")[1]) - history_before
@@ -185,9 +226,9 @@ def test_open_from_the_template_browser_run_and_see_the_image(browser, host, nam
     (prompt_id,) = new
     entry = host.server.history(prompt_id)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    browser.wait_for(IMAGES_SHOWN_JS, timeout=60, what="the images on the output nodes")
-    assert browser.run("return [app.lastNodeErrors && Object.keys(app.lastNodeErrors).length, app.lastExecutionError]") in ([0, None], [None, None])
-    state = browser.run(GRAPH_STATE_JS)
+    wait_js(browser, IMAGES_SHOWN_JS, timeout=60, what="the images on the output nodes")
+    assert browser.execute_script("return [app.lastNodeErrors && Object.keys(app.lastNodeErrors).length, app.lastExecutionError]") in ([0, None], [None, None])
+    state = browser.execute_script(GRAPH_STATE_JS)
     assert [n for n in state if n["has_errors"]] == []
     time.sleep(1)  # let the canvas draw the image
-    browser.screenshot(ARTIFACTS / f"{name}.png")
+    assert browser.save_screenshot(str(ARTIFACTS / f"{name}.png"))

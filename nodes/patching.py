@@ -1,10 +1,11 @@
 """Putting our torch modules under ComfyUI's model management.
 
 ComfyUI moves models between the compute and the offload device through ``ModelPatcher`` and
-``load_models_gpu``, so the LLM can be offloaded before the UNet needs the memory. Two details
-of ``ModelPatcher`` matter here: it assigns ``model.device`` (a read-only property on
-transformers models), so each module goes into a plain holder; and it only moves modules built
-from ``comfy.ops`` part by part, so ours are always loaded whole (``force_full_load``).
+``load_models_gpu``. Details of ``ModelPatcher`` that matter here: it assigns ``model.device`` (a
+read-only property on transformers models), so each module goes into a plain holder; it only
+leaves out of VRAM, part by part, modules with ComfyUI's cast machinery (``comfy.ops``), which the
+LLM gets from :mod:`.lowvram` (the CAM is small and is always loaded whole); and its default size
+counts a tied T5 embedding twice, so the holder's size is given to it.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..llm4gen_core.dtypes import AutoDtype, cpu_auto_dtype, log_choice
+from . import lowvram
 
 
 class _Holder(torch.nn.Module):
@@ -22,13 +24,23 @@ class _Holder(torch.nn.Module):
         self.inner = module
 
 
-def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
-    return comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load_device, offload_device=offload_device)
+def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device, *,
+                 partial: bool = False):
+    """A ModelPatcher around ``module``. ``partial``: give it ComfyUI's per-layer casting so that
+    ``load_models_gpu`` may load it partially when memory is short (the LLM); otherwise (or should a
+    module not allow it) it is always loaded whole."""
+    holder = _Holder(module)
+    holder.llm4gen_partial = bool(partial and lowvram.make_castable(module))
+    return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device,
+                                            size=lowvram.weight_bytes(holder))
 
 
 def load_for_inference(patcher, memory_required: int = 0) -> torch.device:
-    """Bring the module onto its compute device (offloading others if needed); returns it."""
-    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    """Bring the module onto its compute device (offloading others if needed), partially if it
+    allows that and memory is short; returns the device its inputs go to. ``memory_required``: the
+    activation memory of the call, which ComfyUI keeps free besides the weights."""
+    partial = getattr(patcher.model, "llm4gen_partial", False)
+    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=not partial)
     return patcher.load_device
 
 

@@ -8,7 +8,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..llm4gen_core.llm import BATCH_CHUNK
-from .patching import load_for_inference
+from .patching import load_for_inference, offload_after_use
 from .types import LLM4GENEmbeds, LLM4GENLLM, LLMEmbeds, LoadedLLM
 
 log = logging.getLogger("LLM4GEN")
@@ -30,8 +30,8 @@ def encode_memory(llm, prompts: int, tokens: int) -> int:
 
 def encode_texts(llm: LoadedLLM, texts: list[str], max_tokens: int, recipe=None) -> LLMEmbeds:
     """Encode under ComfyUI's model management (the LLM loaded onto its device, in part if VRAM is
-    short; progress shown, interrupts honoured), as the given recipe says if any; features kept off
-    the compute device."""
+    short, and offloaded again afterwards; progress shown, interrupts honoured), as the given recipe
+    says if any; features kept off the compute device."""
     tokens = recipe.max_tokens if recipe is not None else max_tokens
     device = load_for_inference(llm.patcher, memory_required=encode_memory(llm.llm, len(texts), tokens))
     progress = comfy.utils.ProgressBar(1)
@@ -40,12 +40,16 @@ def encode_texts(llm: LoadedLLM, texts: list[str], max_tokens: int, recipe=None)
         mm.throw_exception_if_processing_interrupted()
         progress.update_absolute(done, total)
 
-    encoded = llm.llm.encode(texts, max_tokens=max_tokens, step_callback=on_step, recipe=recipe, device=device)
+    try:
+        encoded = llm.llm.encode(texts, max_tokens=max_tokens, step_callback=on_step, recipe=recipe, device=device)
+    finally:
+        # Sampling comes next: the UNet finds the VRAM it would find without LLM4GEN.
+        offload_after_use(llm.patcher)
     for count, cut in zip(encoded.token_counts, encoded.truncated):
         if cut:
             log.warning("LLM4GEN: the LLM prompt has %d tokens; only the first %d are used (max_tokens)",
                         count, encoded.recipe.max_tokens)
-    # Kept off the compute device so that offloading the LLM frees all of its memory.
+    # Kept off the compute device: the LLM's VRAM is freed whole.
     device = mm.intermediate_device()
     return LLMEmbeds(
         hidden_states=encoded.hidden_states.to(device),

@@ -43,7 +43,7 @@ class LoadLLM(io.ComfyNode):
                     "device", options=["default", "cpu"], default="default",
                     tooltip="default: ComfyUI's text-encoder device (the GPU unless low-VRAM settings say "
                             "otherwise), loaded only in part when VRAM is short (the rest streamed layer by "
-                            "layer), offloaded when the UNet needs the memory. cpu: always on the CPU.",
+                            "layer) and offloaded after each encode. cpu: always on the CPU.",
                 ),
             ],
             outputs=[LLM4GENLLM.Output(display_name="llm", tooltip="The loaded LLM, for LLM Encode.")],

@@ -6,6 +6,9 @@ read-only property on transformers models), so each module goes into a plain hol
 leaves out of VRAM, part by part, modules with ComfyUI's cast machinery (``comfy.ops``), which the
 LLM gets from :mod:`.lowvram` (the CAM is small and is always loaded whole); and its default size
 counts a tied T5 embedding twice, so the holder's size is given to it.
+
+The LLM is taken off the GPU again after each encode (:func:`offload_after_use`), so that
+KSampler's sampling finds the VRAM it would find without LLM4GEN.
 """
 from __future__ import annotations
 
@@ -42,6 +45,22 @@ def load_for_inference(patcher, memory_required: int = 0) -> torch.device:
     partial = getattr(patcher.model, "llm4gen_partial", False)
     mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=not partial)
     return patcher.load_device
+
+
+def offload_after_use(patcher) -> bool:
+    """Take the model off its compute device now, as ComfyUI's own ``free_memory`` does when it
+    needs the room; the next ``load_models_gpu`` brings it back. Not done when that frees nothing
+    (it computes where it is kept: the CPU, or ComfyUI's --gpu-only) or when ComfyUI was told to keep
+    models in VRAM (--highvram). Returns whether it was offloaded."""
+    if patcher.load_device == patcher.offload_device or mm.vram_state == mm.VRAMState.HIGH_VRAM:
+        return False
+    for i, loaded in enumerate(mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(i)
+            mm.soft_empty_cache()
+            return True
+    return False
 
 
 def choose_dtype(device: torch.device, requested: str) -> torch.dtype:

@@ -10,6 +10,7 @@ pinned memory) is not exercised here.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -161,3 +162,31 @@ def test_model_size_counts_the_tied_t5_embedding_once(comfy_inprocess, mm, llm_f
     assert llm.patcher.model_size() == sum(p.nbytes for p in unique.values())
     shared = holder.inner.shared.weight
     assert mm.module_size(holder) == llm.patcher.model_size() + shared.nbytes  # ComfyUI's own count
+
+
+def test_the_llm_is_offloaded_after_encoding(comfy_inprocess, mm, llm_files, monkeypatch):
+    """When the LLM computes on another device than it is kept on (a GPU, normally), LLM Encode
+    takes it off that device again once it has its features, so KSampler finds the memory it
+    would find without LLM4GEN; not with --highvram (ComfyUI's "keep models in VRAM"), nor when
+    there is nothing to free. The CPU here has one device: the tests' second one is ``cpu:0``,
+    a different device to ComfyUI's model management and the same memory to torch."""
+    patching = pack_module(comfy_inprocess, "nodes.patching")
+    node = comfy_inprocess.node_class
+    llm = node("LLM4GENLoadLLM").execute(llm_files["t5"], "fp32", "default")[0]
+    encode = node("LLM4GENLLMEncode")
+
+    def loaded(patcher) -> bool:
+        return any(m.model is patcher for m in mm.current_loaded_models)
+
+    whole = encode.execute(llm, PROMPT, 256)[0].hidden_states
+    assert loaded(llm.patcher)  # load device = offload device: nothing to free, kept
+
+    elsewhere = dataclasses.replace(llm, patcher=patching.make_patcher(
+        llm.llm.model, torch.device("cpu", 0), torch.device("cpu"), partial=True))
+    assert torch.equal(encode.execute(elsewhere, PROMPT, 256)[0].hidden_states, whole)
+    assert not loaded(elsewhere.patcher) and elsewhere.patcher.loaded_size() == 0
+    assert elsewhere.patcher.model.device == torch.device("cpu")
+
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.HIGH_VRAM)
+    assert torch.equal(encode.execute(elsewhere, PROMPT, 256)[0].hidden_states, whole)
+    assert loaded(elsewhere.patcher) and elsewhere.patcher.model.device == torch.device("cpu", 0)

@@ -28,10 +28,12 @@ def llm_files(comfy_base, llm4gen_models, tmp_path_factory) -> dict[str, str]:
     from synthetic.llm import tiny_decoder, tiny_decoder_folder
 
     folder = tmp_path_factory.mktemp("lowvram-llms")
-    convert_llm(llm4gen_models.llm_path, folder / "tiny-rankgen-fp8.safetensors", "fp8")
-    names = {"t5": llm4gen_models.llm, "t5-fp8": comfy_base.place("LLM", folder / "tiny-rankgen-fp8.safetensors")}
+    fp8_file = folder / "lowvram-tiny-rankgen-fp8.safetensors"  # names unlike other host tests' files
+    convert_llm(llm4gen_models.llm_path, fp8_file, "fp8")
+    names = {"t5": llm4gen_models.llm, "t5-fp8": comfy_base.place("LLM", fp8_file)}
     for family in ("llama", "gemma3_text"):
-        names[family] = comfy_base.place("LLM", tiny_decoder_folder(folder / f"tiny-{family}", tiny_decoder(family)))
+        decoder = tiny_decoder_folder(folder / f"lowvram-tiny-{family}", tiny_decoder(family))
+        names[family] = comfy_base.place("LLM", decoder)
     return names
 
 

@@ -148,18 +148,22 @@ class LLMEncoder:
 
     def encode(self, texts: str | Sequence[str], max_tokens: int = 256,
                step_callback: Callable[[int, int], None] | None = None, *,
-               recipe: LLMRecipe | None = None) -> EncodedText:
+               recipe: LLMRecipe | None = None, device: torch.device | str | None = None) -> EncodedText:
         """Features of ``texts`` ([B, max_tokens, D]). ``step_callback(done, total)`` is called after
         each transformer layer of each batch chunk; an exception it raises aborts the encode.
 
         ``recipe``: encode exactly as it says (its prefix, max_tokens, hidden layer and template win
         over ``max_tokens`` and this encoder's own settings, for this call only; nothing is changed
-        on the encoder). It must be of this LLM's kind. The result's ``recipe`` is what was used."""
+        on the encoder). It must be of this LLM's kind. The result's ``recipe`` is what was used.
+
+        ``device``: where the ids go and the features come out; default: where the input embedding's
+        weight is. A host that leaves some layers on another device and moves their weights per
+        layer (ComfyUI's low-VRAM loading) passes its compute device here."""
         texts = _as_prompt_list(texts)
         _check_max_tokens(max_tokens)
         recipe = self._resolve(recipe, max_tokens)
         input_ids, attention_mask, counts, truncated = self._tokenize(texts, recipe)
-        device = self.device
+        device = self.device if device is None else torch.device(device)
         chunks = list(zip(input_ids.split(BATCH_CHUNK), attention_mask.split(BATCH_CHUNK)))
         hooks = []
         if step_callback is not None:

@@ -7,28 +7,49 @@ import comfy.model_management as mm
 import comfy.utils
 from comfy_api.latest import io
 
-from .patching import load_for_inference
+from ..llm4gen_core.llm import BATCH_CHUNK
+from .patching import load_for_inference, offload_after_use
 from .types import LLM4GENEmbeds, LLM4GENLLM, LLMEmbeds, LoadedLLM
 
 log = logging.getLogger("LLM4GEN")
 
 
+def encode_memory(llm, prompts: int, tokens: int) -> int:
+    """An upper bound of the activations of one encode call, for ``load_models_gpu`` to keep free
+    besides the weights (it keeps at least ~1.2 GB anyway; this matters for long decoder prompts):
+    per token of one batch chunk, in float32, three copies of the attention scores, three of the
+    feed-forward's width, eight hidden states and every layer's output (kept when the recipe takes
+    a middle layer)."""
+    config = llm.model.config
+    width = llm.hidden_size
+    ff = getattr(config, "d_ff", None) or getattr(config, "intermediate_size", None) or 4 * width
+    heads = getattr(config, "num_heads", None) or getattr(config, "num_attention_heads", None) or 1
+    per_token = 3 * heads * tokens + 3 * ff + 8 * width + (len(llm.layers) + 1) * width
+    return min(prompts, BATCH_CHUNK) * tokens * per_token * 4
+
+
 def encode_texts(llm: LoadedLLM, texts: list[str], max_tokens: int, recipe=None) -> LLMEmbeds:
-    """Encode under ComfyUI's model management (the LLM loaded onto its device, progress shown,
-    interrupts honoured), as the given recipe says if any; features kept off the compute device."""
-    load_for_inference(llm.patcher)
+    """Encode under ComfyUI's model management (the LLM loaded onto its device, in part if VRAM is
+    short, and offloaded again afterwards; progress shown, interrupts honoured), as the given recipe
+    says if any; features kept off the compute device."""
+    tokens = recipe.max_tokens if recipe is not None else max_tokens
+    device = load_for_inference(llm.patcher, memory_required=encode_memory(llm.llm, len(texts), tokens))
     progress = comfy.utils.ProgressBar(1)
 
     def on_step(done: int, total: int) -> None:
         mm.throw_exception_if_processing_interrupted()
         progress.update_absolute(done, total)
 
-    encoded = llm.llm.encode(texts, max_tokens=max_tokens, step_callback=on_step, recipe=recipe)
+    try:
+        encoded = llm.llm.encode(texts, max_tokens=max_tokens, step_callback=on_step, recipe=recipe, device=device)
+    finally:
+        # Sampling comes next: the UNet finds the VRAM it would find without LLM4GEN.
+        offload_after_use(llm.patcher)
     for count, cut in zip(encoded.token_counts, encoded.truncated):
         if cut:
             log.warning("LLM4GEN: the LLM prompt has %d tokens; only the first %d are used (max_tokens)",
                         count, encoded.recipe.max_tokens)
-    # Kept off the compute device so that offloading the LLM frees all of its memory.
+    # Kept off the compute device: the LLM's VRAM is freed whole.
     device = mm.intermediate_device()
     return LLMEmbeds(
         hidden_states=encoded.hidden_states.to(device),

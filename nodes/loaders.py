@@ -42,7 +42,8 @@ class LoadLLM(io.ComfyNode):
                 io.Combo.Input(
                     "device", options=["default", "cpu"], default="default",
                     tooltip="default: ComfyUI's text-encoder device (the GPU unless low-VRAM settings say "
-                            "otherwise), offloaded when the UNet needs the memory. cpu: always on the CPU.",
+                            "otherwise), loaded only in part when VRAM is short (the rest streamed layer by "
+                            "layer) and offloaded after each encode. cpu: always on the CPU.",
                 ),
             ],
             outputs=[LLM4GENLLM.Output(display_name="llm", tooltip="The loaded LLM, for LLM Encode.")],
@@ -59,7 +60,7 @@ class LoadLLM(io.ComfyNode):
         if tokenizer:
             log.info("LLM4GEN: %s has no T5 tokenizer of its own; using ComfyUI's (%s)", model, tokenizer)
         llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device)
-        patcher = make_patcher(llm.model, load_device, offload_device)
+        patcher = make_patcher(llm.model, load_device, offload_device, partial=True)
         log.info("LLM4GEN: loaded %s (%s, %d-d features, %s weights, computes in %s on %s)", model, llm.kind,
                  llm.hidden_size, llm.weights, compute_dtype, load_device)
         return io.NodeOutput(LoadedLLM(llm=llm, patcher=patcher, name=model))

@@ -1,10 +1,14 @@
 """Putting our torch modules under ComfyUI's model management.
 
 ComfyUI moves models between the compute and the offload device through ``ModelPatcher`` and
-``load_models_gpu``, so the LLM can be offloaded before the UNet needs the memory. Two details
-of ``ModelPatcher`` matter here: it assigns ``model.device`` (a read-only property on
-transformers models), so each module goes into a plain holder; and it only moves modules built
-from ``comfy.ops`` part by part, so ours are always loaded whole (``force_full_load``).
+``load_models_gpu``. Details of ``ModelPatcher`` that matter here: it assigns ``model.device`` (a
+read-only property on transformers models), so each module goes into a plain holder; it only
+leaves out of VRAM, part by part, modules with ComfyUI's cast machinery (``comfy.ops``), which the
+LLM gets from :mod:`.lowvram` (the CAM is small and is always loaded whole); and its default size
+counts a tied T5 embedding twice, so the holder's size is given to it.
+
+The LLM is taken off the GPU again after each encode (:func:`offload_after_use`), so that
+KSampler's sampling finds the VRAM it would find without LLM4GEN.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import comfy.model_management as mm
 import comfy.model_patcher
 
 from ..llm4gen_core.dtypes import AutoDtype, cpu_auto_dtype, log_choice
+from . import lowvram
 
 
 class _Holder(torch.nn.Module):
@@ -22,14 +27,40 @@ class _Holder(torch.nn.Module):
         self.inner = module
 
 
-def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device):
-    return comfy.model_patcher.ModelPatcher(_Holder(module), load_device=load_device, offload_device=offload_device)
+def make_patcher(module: torch.nn.Module, load_device: torch.device, offload_device: torch.device, *,
+                 partial: bool = False):
+    """A ModelPatcher around ``module``. ``partial``: give it ComfyUI's per-layer casting so that
+    ``load_models_gpu`` may load it partially when memory is short (the LLM); otherwise (or should a
+    module not allow it) it is always loaded whole."""
+    holder = _Holder(module)
+    holder.llm4gen_partial = bool(partial and lowvram.make_castable(module))
+    return comfy.model_patcher.ModelPatcher(holder, load_device=load_device, offload_device=offload_device,
+                                            size=lowvram.weight_bytes(holder))
 
 
 def load_for_inference(patcher, memory_required: int = 0) -> torch.device:
-    """Bring the module onto its compute device (offloading others if needed); returns it."""
-    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    """Bring the module onto its compute device (offloading others if needed), partially if it
+    allows that and memory is short; returns the device its inputs go to. ``memory_required``: the
+    activation memory of the call, which ComfyUI keeps free besides the weights."""
+    partial = getattr(patcher.model, "llm4gen_partial", False)
+    mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=not partial)
     return patcher.load_device
+
+
+def offload_after_use(patcher) -> bool:
+    """Take the model off its compute device now, as ComfyUI's own ``free_memory`` does when it
+    needs the room; the next ``load_models_gpu`` brings it back. Not done when that frees nothing
+    (it computes where it is kept: the CPU, or ComfyUI's --gpu-only) or when ComfyUI was told to keep
+    models in VRAM (--highvram). Returns whether it was offloaded."""
+    if patcher.load_device == patcher.offload_device or mm.vram_state == mm.VRAMState.HIGH_VRAM:
+        return False
+    for i, loaded in enumerate(mm.current_loaded_models):
+        if loaded.model is patcher:
+            loaded.model_unload()
+            mm.current_loaded_models.pop(i)
+            mm.soft_empty_cache()
+            return True
+    return False
 
 
 def choose_dtype(device: torch.device, requested: str) -> torch.dtype:

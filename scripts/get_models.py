@@ -1,9 +1,11 @@
 """Put the model files the bundled workflows use where ComfyUI looks for them.
 
-    python scripts/get_models.py                       # list what is there and what is missing
-    python scripts/get_models.py --release DIR         # link a local copy of the LLM4GEN release
-    python scripts/get_models.py --download            # fetch the public files (huggingface_hub)
-    python scripts/get_models.py --download --llm4gen-repo OWNER/NAME   # ... and the release from a hub repo
+    python -m scripts.get_models                       # list what is there and what is missing
+    python -m scripts.get_models --release DIR         # link a local copy of the LLM4GEN release
+    python -m scripts.get_models --download            # fetch the public files (huggingface_hub)
+    python -m scripts.get_models --download --llm4gen-repo OWNER/NAME   # ... and the release from a hub repo
+
+(from the repository root, with its .venv's Python).
 
 Nothing is downloaded unless ``--download`` is given; the nodes and the tests never download.
 The model folders are those of the base directory the headless runner uses: ``--base-directory``,
@@ -24,12 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-try:  # imported as scripts.get_models
-    from . import comfyui_host
-    from . import workflow_specs as specs
-except ImportError:  # run as a script
-    import comfyui_host
-    import workflow_specs as specs
+from . import comfyui_host
+from . import workflow_specs as specs
 
 
 @dataclass(frozen=True)

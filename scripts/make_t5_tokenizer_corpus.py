@@ -6,7 +6,7 @@ in a side environment with transformers 4.x, and committed; ``tests/unit/test_t5
 compares llm4gen_core's tokenizer with them on every CI run.
 
     python3 -m venv /tmp/tf4 && /tmp/tf4/bin/pip install "transformers<5" sentencepiece protobuf
-    .venv/bin/python scripts/make_t5_tokenizer_corpus.py --tf4-python /tmp/tf4/bin/python
+    .venv/bin/python -m scripts.make_t5_tokenizer_corpus --tf4-python /tmp/tf4/bin/python
 
 Vocabulary: ComfyUI's bundled T5 tokenizer (``comfy/text_encoders/t5_tokenizer/tokenizer.json``,
 the T5 v1.1 vocabulary), the one the tests and the nodes use. The slow tokenizer needs a
@@ -29,10 +29,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llm4gen_core.tokenization import _spm_proto_from_tokenizer_json
+
+from .comfyui_host import comfyui_root
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from llm4gen_core.tokenization import _spm_proto_from_tokenizer_json  # noqa: E402
-from scripts.comfyui_host import comfyui_root  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "t5_tokenizer_corpus.json"
 SPECIAL_TEXT = ("</s>", "<pad>", "<unk>", "<extra_id_")

@@ -1,6 +1,6 @@
 """Run a ComfyUI workflow headless in a real ComfyUI and print where its images were saved.
 
-    python scripts/run_workflow.py [WORKFLOW.json] [options]      (bash scripts/run.sh does setup first)
+    python -m scripts.run_workflow [WORKFLOW.json] [options]      (bash scripts/run.sh does setup first)
 
 WORKFLOW is a workflow as the ComfyUI frontend saves it (or an API-format prompt); the default is
 the bundled LLM4GEN SD1.5 text-to-image workflow. The runner starts ComfyUI's ``main.py`` on
@@ -31,12 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-try:  # imported as scripts.run_workflow
-    from . import comfyui_host, comfyui_server, workflow_api
-except ImportError:  # run as a script
-    import comfyui_host
-    import comfyui_server
-    import workflow_api
+from . import comfyui_host, comfyui_server, workflow_api
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = REPO / "example_workflows" / "llm4gen_sd15_txt2img.json"
@@ -229,8 +224,8 @@ def place_stand_ins(base: Path, files: list[tuple], args) -> None:
     process so that torch and ComfyUI's model code stay out of this one."""
     wanted = sorted({f"{folder}/{name}" for *_, folder, name in files})
     say(f"making random stand-ins in {base} (the first time takes a minute or two) ...")
-    command = [sys.executable, str(REPO / "scripts" / "smoke_models.py"), str(base), *wanted]
-    subprocess.run(command, check=True)
+    command = [sys.executable, "-m", "scripts.smoke_models", str(base), *wanted]
+    subprocess.run(command, check=True, cwd=REPO)  # from the repository root, where `scripts` is
 
 
 def prepare_owned_base(base: Path) -> Path:

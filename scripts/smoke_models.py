@@ -36,7 +36,7 @@ builder changes so the cache rebuilds), and written atomically (temp file + ``os
 
 Command line (what the runner calls, so that torch and ComfyUI stay out of its own process)::
 
-    python scripts/smoke_models.py BASE_DIR FOLDER/NAME ...   # e.g. diffusion_models/x.safetensors
+    python -m scripts.smoke_models BASE_DIR FOLDER/NAME ...   # e.g. diffusion_models/x.safetensors
 """
 from __future__ import annotations
 
@@ -48,12 +48,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-try:  # imported as scripts.smoke_models (tests)
-    from . import comfyui_host
-except ImportError:  # run as a script, or imported with scripts/ on sys.path
-    import comfyui_host
+from . import comfyui_host
 
-REPO = Path(__file__).resolve().parents[1]
 BUILDER_VERSION = "v2"
 
 # detect_unet_config's reading of a real SD1.5 UNet (comfy/model_detection.py).
@@ -243,7 +239,6 @@ def tiny_sdxl_projector() -> Path:
     dims in the metadata): 8 heads of 256, one block, FFN 2048 (kept small: the nodes read every
     size from the file), ~100 MB."""
     def build(path):
-        _llm4gen_core_importable()
         from llm4gen_core.cam import CrossAdapterConfig
         from llm4gen_core.checkpoint import save_cross_adapter
 
@@ -321,7 +316,6 @@ def tiny_rankgen() -> Path:
 
 
 def release_cam_config():
-    _llm4gen_core_importable()
     from llm4gen_core.cam import CrossAdapterConfig
 
     return CrossAdapterConfig(clip_dim=768, llm_dim=2048, heads=8, ffn_dim=3072, depth=1)
@@ -332,7 +326,6 @@ def cam_state(cfg=None, seed: int = 0, dtype=None) -> dict:
     so a swapped q_norm/kv_norm shows up in the numbers). ``cfg`` defaults to the release's."""
     import torch
 
-    _llm4gen_core_importable()
     from llm4gen_core.checkpoint import expected_shapes
 
     cfg = cfg or release_cam_config()
@@ -434,11 +427,6 @@ def place_stand_ins(base: str | os.PathLike, wanted: list[tuple[str, str]]) -> l
 
 
 # --- building -------------------------------------------------------------------------------
-
-def _llm4gen_core_importable() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))
-
 
 def _comfy():
     comfyui_host.import_comfyui()

@@ -124,6 +124,42 @@ def link_dir(link: Path, target: Path) -> None:
         raise
 
 
+def model_folder(base: Path, name: str) -> Path:
+    """``models/<name>`` of a base directory; ``input`` for "input"."""
+    return Path(base) / "input" if name == "input" else Path(base) / "models" / name
+
+
+def place(base: Path, folder: str, source: str | os.PathLike, name: str | None = None) -> str:
+    """Link ``source`` (file or folder) into ``models/<folder>`` (or ``input``) of the base
+    directory ``base``; returns the name ComfyUI lists it under (e.g. the value for a loader's
+    combo input).
+
+    ComfyUI caches folder listings (``folder_paths.filename_list_cache``) and trusts them
+    while the modification times of the folders it walked are unchanged; the link changes
+    the folder's mtime, and this makes sure it really differs (file times are coarse), so
+    both a ComfyUI in this process and a running server see the new entry on their next listing.
+    """
+    source = Path(source).resolve()
+    if not source.exists():
+        raise FileNotFoundError(source)
+    name = name or source.name
+    target = model_folder(base, folder) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.resolve() == source:
+            return name
+        raise FileExistsError(f"{target} already exists and is not a link to {source}")
+    before = target.parent.stat().st_mtime_ns
+    target.symlink_to(source, target_is_directory=source.is_dir())
+    after = target.parent.stat()
+    if after.st_mtime_ns == before:
+        os.utime(target.parent, ns=(after.st_atime_ns, before + 1_000_000))
+    folder_paths = sys.modules.get("folder_paths")
+    if folder_paths is not None:  # ComfyUI in this process: drop the listing outright as well
+        folder_paths.filename_list_cache.clear()
+    return name
+
+
 # --- the server -----------------------------------------------------------------------------
 
 def _die_with_parent() -> None:

@@ -165,16 +165,28 @@ def table(result: dict) -> str:
     return caption + "\n\n" + head + "\n".join(lines) + "\n"
 
 
+class ReadmeSectionError(ValueError):
+    """README-llm-memory.md lacks the marked section the table goes into."""
+
+
 def rewrite_readme(text: str) -> None:
     readme = README.read_text()
     if START not in readme or END not in readme:
-        raise SystemExit(f"{README} has no {START} ... {END} section")
+        raise ReadmeSectionError(f"{README} has no {START} ... {END} section")
     before, rest = readme.split(START, 1)
     _, after = rest.split(END, 1)
     README.write_text(before + START + "\n" + text + END + after)
 
 
 def main(argv=None) -> int:
+    try:
+        return measure_and_report(argv)
+    except ReadmeSectionError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def measure_and_report(argv=None) -> int:
     from llm4gen_core import load_cross_adapter, load_llm
     from llm4gen_core.dtypes import cpu_auto_dtype
 

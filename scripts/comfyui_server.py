@@ -10,7 +10,8 @@ Shared by the headless runner (scripts/run_workflow.py) and the tests' harness
 
 ``prepare_base(dir)`` lays out a ``--base-directory`` (model folders, input/output, this pack
 linked into custom_nodes). Errors come back as ``ComfyValidationError`` (ComfyUI refused the
-prompt) or ``ComfyExecutionError`` (a node raised), with ComfyUI's own messages.
+prompt) or ``ComfyExecutionError`` (a node raised), with ComfyUI's own messages, and as
+``ServerError`` when the server process did not come up or died.
 """
 from __future__ import annotations
 
@@ -68,6 +69,16 @@ class ComfyExecutionError(ComfyError):
             text = (f"node {self.node_id} ({self.node_type}) failed: {self.exception_type}: "
                     f"{self.exception_message}\n" + "".join(details.get("traceback") or []))
         super().__init__(text)
+
+
+class ServerError(RuntimeError):
+    """The ComfyUI server process is not there to answer: it exited before it was up, did not
+    answer in time (``ServerStartTimeout``), or died while running a prompt. The first line of
+    the message says which; the rest is the tail of the server's log."""
+
+
+class ServerStartTimeout(ServerError, TimeoutError):
+    """The server did not answer within the start timeout."""
 
 
 def raise_if_failed(prompt_id: str, messages: list) -> None:
@@ -218,7 +229,7 @@ class ComfyUIServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise ServerError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 self.request("GET", "/system_stats", timeout=2)
                 return
@@ -226,7 +237,7 @@ class ComfyUIServer:
                 if on_wait:
                     on_wait()
                 time.sleep(0.2)
-        raise TimeoutError(f"ComfyUI server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        raise ServerStartTimeout(f"ComfyUI server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -267,7 +278,7 @@ class ComfyUIServer:
             if entry is not None:
                 return entry
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
+                raise ServerError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
             time.sleep(0.1)
         raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s:\n{self.log_tail()}")
 
@@ -304,7 +315,7 @@ class ComfyUIServer:
                         message = await ws.receive(timeout=min(left, 5.0))
                     except asyncio.TimeoutError:
                         if self.process.poll() is not None:
-                            raise RuntimeError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
+                            raise ServerError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
                         if self.history(prompt_id) is not None:  # finished while we were not looking
                             return prompt_id
                         continue

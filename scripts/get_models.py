@@ -30,6 +30,11 @@ from . import comfyui_host
 from . import workflow_specs as specs
 
 
+class GetModelsError(RuntimeError):
+    """A model file cannot be put in place as asked (a release folder without its files, no
+    huggingface_hub for --download). ``main()`` prints the message and exits with status 2."""
+
+
 @dataclass(frozen=True)
 class ModelFile:
     folder: str          # under models/
@@ -88,7 +93,7 @@ def link_release(base: Path, release: Path, copy: bool) -> None:
             continue
         source = release / model.release
         if not source.is_file():
-            raise SystemExit(f"{source} not found: --release needs the release folder "
+            raise GetModelsError(f"{source} not found: --release needs the release folder "
                              "(with unet/diffusion_pytorch_model.safetensors and projector.pth)")
         path = target(base, model)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +111,7 @@ def download(base: Path, llm4gen_repo: str | None, with_controlnet: bool) -> Non
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise SystemExit("--download needs huggingface_hub: pip install huggingface_hub") from None
+        raise GetModelsError("--download needs huggingface_hub: pip install huggingface_hub") from None
     for model in MODELS:
         repo = model.repo or llm4gen_repo
         path = target(base, model)
@@ -144,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controlnet", action="store_true", help="with --download: the canny ControlNet too")
     args = parser.parse_args(argv)
     base, _ = comfyui_host.models_base(args.base_directory)
-    if args.release:
-        link_release(base, Path(args.release).expanduser(), args.copy)
-    if args.download:
-        download(base, args.llm4gen_repo, args.controlnet)
+    try:
+        if args.release:
+            link_release(base, Path(args.release).expanduser(), args.copy)
+        if args.download:
+            download(base, args.llm4gen_repo, args.controlnet)
+    except GetModelsError as e:
+        print(e, file=sys.stderr)
+        return 2
     return show(base)
 
 

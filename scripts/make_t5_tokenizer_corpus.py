@@ -40,6 +40,12 @@ SPECIAL_TEXT = ("</s>", "<pad>", "<unk>", "<extra_id_")
 RELEASE_PROMPT = ("\nGround view of the Great Pyramids and Sphinx on the moon's surface. The back of an astronaut "
                   "is in the foreground. The planet Earth looms in the sky.\n")
 
+
+class CorpusError(RuntimeError):
+    """The reference environment cannot make the corpus (not transformers 4.x). ``main()`` prints
+    the message and exits with status 2."""
+
+
 EDGE_CASES = [
     # empty, whitespace runs and kinds
     "", " ", "  ", "   ", "\n", "\n\n\n", "\t", "\t\t", "\r\n", "\r", " \n \t ", "\u00a0", "\u3000", "\u2003",
@@ -124,7 +130,7 @@ def slow_ids(tf4_python: str, tokenizer_json: Path, texts: list[str]) -> tuple[s
                        check=True, capture_output=True)
         result = json.loads((tmp / "ids.json").read_text(encoding="utf-8"))
     if not result["version"].startswith("4."):
-        raise SystemExit(f"{tf4_python} has transformers {result['version']}; the reference is transformers 4.x")
+        raise CorpusError(f"{tf4_python} has transformers {result['version']}; the reference is transformers 4.x")
     return result["version"], result["ids"]
 
 
@@ -138,7 +144,11 @@ def main(argv: list[str]) -> int:
     folder = args.tokenizer or comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"
     tokenizer_json = folder / "tokenizer.json"
     texts = corpus_texts()
-    version, ids = slow_ids(args.tf4_python, tokenizer_json, texts)
+    try:
+        version, ids = slow_ids(args.tf4_python, tokenizer_json, texts)
+    except CorpusError as e:
+        print(e, file=sys.stderr)
+        return 2
 
     from tokenizers import Tokenizer
 

@@ -41,6 +41,10 @@ SIZED = ("EmptyLatentImage", "ImageScale")
 RULE = "=" * 78
 
 
+class OverrideError(ValueError):
+    """A ``--set`` that names no node or input. main() prints the message and exits with 2."""
+
+
 def say(text: str = "") -> None:
     """Status and progress go to stderr; stdout carries only results (saved paths, --print-api)."""
     print(f"[llm4gen] {text}" if text else "", file=sys.stderr, flush=True)
@@ -167,7 +171,7 @@ def to_prompt(workflow: dict, object_info: dict) -> dict:
     if workflow_api.is_api_format(workflow):
         missing = sorted({n["class_type"] for n in workflow.values()} - set(object_info))
         if missing:
-            raise workflow_api.WorkflowError(f"this ComfyUI has no node type(s) {', '.join(missing)}")
+            raise workflow_api.MissingNodeTypes(missing, f"this ComfyUI has no node type(s) {', '.join(missing)}")
         return workflow_api.copy_prompt(workflow)
     if not workflow_api.is_ui_format(workflow):
         raise workflow_api.WorkflowError("not a ComfyUI workflow (neither the frontend's format nor the API format)")
@@ -185,7 +189,8 @@ def missing_files(prompt: dict, object_info: dict) -> list[tuple[str, str, str, 
 
 
 def apply_overrides(prompt: dict, args, smoke: bool) -> list[str]:
-    """Explicit overrides and smoke-mode reductions; returns what changed, for the banner."""
+    """Explicit overrides and smoke-mode reductions; returns what changed, for the banner.
+    Raises OverrideError for a --set that names no node or input."""
     notes = []
     steps = args.steps if args.steps is not None else (SMOKE_STEPS if smoke and not args.as_shipped else None)
     size = args.size if args.size is not None else (SMOKE_SIZE if smoke and not args.as_shipped else None)
@@ -207,8 +212,8 @@ def apply_overrides(prompt: dict, args, smoke: bool) -> list[str]:
         node_ref, _, name = target.rpartition(".")
         ids = [nid for nid, node in prompt.items() if node_ref in (nid, node["_meta"]["title"])]
         if not ids or not name or not raw:
-            raise SystemExit(f"--set {assignment!r}: expected NODE.INPUT=VALUE with NODE a node id or title "
-                             f"(titles: {sorted(n['_meta']['title'] for n in prompt.values())})")
+            raise OverrideError(f"--set {assignment!r}: expected NODE.INPUT=VALUE with NODE a node id or title "
+                                f"(titles: {sorted(n['_meta']['title'] for n in prompt.values())})")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -326,9 +331,7 @@ def run(args) -> int:
             say("the workflow saved no images")
             return 1
         return 0
-    except (RuntimeError, TimeoutError) as e:
-        if "ComfyUI server" not in str(e):
-            raise
+    except comfyui_server.ServerError as e:
         say(f"{e}".splitlines()[0])
         note("\n".join(str(e).splitlines()[-15:]))
         say("ComfyUI did not start. With your own ComfyUI (COMFYUI_PATH), run it with its own Python: "
@@ -339,7 +342,7 @@ def run(args) -> int:
         return 1
     except workflow_api.WorkflowError as e:
         say(f"cannot run this workflow: {e}")
-        if "no node type" in str(e) and not owned_base(base):
+        if isinstance(e, workflow_api.MissingNodeTypes) and not owned_base(base):
             say(f"install the pack into your ComfyUI: ln -s {REPO} {base / 'custom_nodes' / comfyui_server.PACK_LINK}")
         return 1
     finally:
@@ -374,7 +377,11 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    try:
+        return run(parse_args(argv))
+    except (OverrideError, comfyui_host.HostSetupError) as e:
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

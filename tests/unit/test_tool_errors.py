@@ -100,6 +100,14 @@ def test_a_server_that_exits_at_start_raises_server_error(tmp_path, monkeypatch)
     assert issubclass(comfyui_server.ServerStartTimeout, TimeoutError)
 
 
+def test_the_runner_reports_a_server_error_by_its_type(capsys):
+    error = comfyui_server.ServerError("ComfyUI server exited with 3:\nTraceback ...\nImportError: no torch")
+    assert rw.server_failed(error) == 1
+    err = capsys.readouterr().err
+    assert "[llm4gen] ComfyUI server exited with 3:" in err and "ImportError: no torch" in err
+    assert "COMFYUI_PYTHON" in err
+
+
 def test_missing_node_types_are_a_typed_workflow_error():
     workflow = {"nodes": [{"id": 1, "type": "NoSuchNode", "mode": 0}], "links": []}
     with pytest.raises(workflow_api.MissingNodeTypes) as raised:
@@ -107,6 +115,15 @@ def test_missing_node_types_are_a_typed_workflow_error():
     assert raised.value.missing == ["NoSuchNode"] and isinstance(raised.value, workflow_api.WorkflowError)
     with pytest.raises(workflow_api.MissingNodeTypes, match=r"^this ComfyUI has no node type\(s\) NoSuchNode$"):
         rw.to_prompt({"1": {"class_type": "NoSuchNode", "inputs": {}}}, {})
+
+
+def test_only_missing_node_types_in_your_comfyui_get_the_install_hint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(rw.comfyui_host, "user_comfyui", lambda: tmp_path)  # tmp_path is "your ComfyUI"
+    assert rw.workflow_refused(workflow_api.MissingNodeTypes(["X"]), tmp_path) == 1
+    assert "install the pack into your ComfyUI: ln -s" in capsys.readouterr().err
+    # The same words in another workflow error are no reason for the hint.
+    assert rw.workflow_refused(workflow_api.WorkflowError("no node type here"), tmp_path) == 1
+    assert "install the pack" not in capsys.readouterr().err
 
 
 # --- the tokenizer corpus ---------------------------------------------------------------------------

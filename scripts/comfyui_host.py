@@ -143,6 +143,9 @@ def import_comfyui(base_directory: str | os.PathLike | None = None) -> Path:
                 f"module {name!r} was imported from {where}, not from ComfyUI at {root}: "
                 "import ComfyUI (comfyui_host.import_comfyui) before anything named like it"
             )
+    # The one sys.path edit the project needs: ComfyUI is no installable package, its modules are
+    # files at its root (main.py runs with that folder first on sys.path), so importing it as a
+    # library means putting the root there too, first, ahead of this repo's own nodes/ package.
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
     sys.path.insert(0, str(root))
 

@@ -1,6 +1,6 @@
 """What the Cross-Adapter costs, next to what the UNet costs, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_cam.py [--device cpu|cuda] [--dtype fp32|bf16|fp16]
+    .venv/bin/python -m benchmarks.bench_cam [--device cpu|cuda] [--dtype fp32|bf16|fp16]
 
 Prints, for batch 1, 2 and 4 at the release's dims (CLIP 77x768, LLM 256x2048, 8 heads):
 the CAM fuse time, the time of one SD1.5 cross-attention layer at 512x512 (64x64 latent,
@@ -16,10 +16,9 @@ import sys
 import torch
 import torch.nn.functional as F
 
-import common
+from llm4gen_core import CrossAdapter, CrossAdapterConfig
 
-common.add_paths()
-from llm4gen_core import CrossAdapter, CrossAdapterConfig  # noqa: E402
+from . import common
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

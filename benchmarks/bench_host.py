@@ -1,14 +1,14 @@
 """LLM4GEN text-to-image vs stock SD1.5 text-to-image in a real ComfyUI, side by side.
 
-    .venv/bin/python benchmarks/bench_host.py e2e --graph stock|llm4gen [--attention default|pytorch]
-    .venv/bin/python benchmarks/bench_host.py steps [--attention default|pytorch] [--rounds 3] [--steps 3]
-    .venv/bin/python benchmarks/bench_host.py memory --cache classic|none|ram [--llm xl]
+    .venv/bin/python -m benchmarks.bench_host e2e --graph stock|llm4gen [--attention default|pytorch]
+    .venv/bin/python -m benchmarks.bench_host steps [--attention default|pytorch] [--rounds 3] [--steps 3]
+    .venv/bin/python -m benchmarks.bench_host memory --cache classic|none|ram [--llm xl]
     add --quick for small models (seconds; a smoke run, not a measurement)
 
 ComfyUI 0.3.75 runs in this process (benchmarks/comfy_bench_host.py), CPU-only unless --gpu,
-with the full-size random SD1.5 checkpoint (tests/synthetic/sd15.py), a random encoder of
+with the full-size random SD1.5 checkpoint (scripts/smoke_models.py), a random encoder of
 RankGen's T5-XL size in RankGen's release layout, and a random Cross-Adapter of the release's
-dims. Graphs are the tests' (tests/host/stock_graphs.py, llm4gen_graphs.py): CheckpointLoader,
+dims. Graphs are the tests' (scripts/stock_graphs.py, llm4gen_graphs.py): CheckpointLoader,
 CLIP Text Encode (stock) or Load LLM + LLM Encode + CLIP+LLM Cross-Adapter (LLM4GEN), both for
 the positive and the negative prompt "", EmptyLatentImage, KSampler (euler, normal, CFG 7.5),
 VAEDecode, SaveImage. Every UNet call is timed; so is every node.
@@ -33,9 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
+from scripts import llm4gen_graphs as lg
+from scripts import smoke_models
+from scripts import stock_graphs as g
 
-common.add_paths(host=True)
+from . import bench_models, common
 
 # 61 CLIP tokens: the stock graph gets one 77-token chunk, as the release's CLIP does.
 PROMPT = ("A cozy attic reading nook in warm afternoon light: a green velvet armchair by a round window, a ginger cat "
@@ -48,10 +50,7 @@ ATTENTION_ARGS = {"default": {}, "pytorch": {"use_pytorch_cross_attention": True
 
 def _models(host, quick: bool, llm_size: str, tmp: Path) -> dict:
     """Place the checkpoint, the LLM folder and the Cross-Adapter; names for the loaders."""
-    import bench_models
-    from synthetic import sd15
-
-    checkpoint = sd15.small_sd15_checkpoint() if quick else sd15.full_sd15_checkpoint()
+    checkpoint = smoke_models.small_sd15_checkpoint() if quick else smoke_models.full_sd15_checkpoint()
     llm_folder = bench_models.rankgen_folder(llm_size)
     llm_dim = bench_models.SIZES[llm_size]["d_model"]
     cam = bench_models.release_cam_file(tmp, llm_dim)
@@ -63,9 +62,7 @@ def _models(host, quick: bool, llm_size: str, tmp: Path) -> dict:
 def graph(kind: str, names: dict, *, size: int, steps: int, seed: int, text: str = PROMPT, decode: bool = True,
           llm_dtype: str = "auto", llm_device: str = "default") -> dict:
     """The stock or the LLM4GEN text-to-image prompt, with the UNet timer before the sampler."""
-    import llm4gen_graphs as lg
-    import stock_graphs as g
-    from comfy_bench_host import TIMER_NODE
+    from .comfy_bench_host import TIMER_NODE
 
     prompt = g.txt2img(names["ckpt"], text, NEGATIVE, width=size, height=size, steps=steps, seed=seed,
                        record=False, save_latent=not decode, prefix=kind)
@@ -110,8 +107,6 @@ def encode_vs_bare(host, names: dict, args) -> dict:
     are timed too, so what the node adds around the forward is known from the same calls,
     whatever load other processes put on the machine."""
     import torch
-
-    import llm4gen_graphs as lg
 
     node_times, bare_times, inside_node = [], [], []
     loaded = None
@@ -257,8 +252,6 @@ def run_memory(host, names: dict, args) -> dict:
 
     import comfy.model_management as mm
 
-    import llm4gen_graphs as lg
-
     # Its own text and seed, so that nothing is served from the cache when other modes ran before.
     run = host.run(graph("llm4gen", names, size=args.size, steps=args.steps, seed=7, text=PROMPT + " Memory run.",
                          llm_dtype=args.llm_dtype))
@@ -300,7 +293,7 @@ def run_memory(host, names: dict, args) -> dict:
 
 
 def loaded_models_short() -> list[str]:
-    from comfy_bench_host import loaded_models
+    from .comfy_bench_host import loaded_models
 
     return loaded_models()
 
@@ -350,7 +343,7 @@ def main(argv=None) -> int:
         comfy_args[name.replace("-", "_")] = float(value) if value.replace(".", "", 1).isdigit() and "." in value else (
             int(value) if value.isdigit() else value)
 
-    from comfy_bench_host import BenchHost
+    from .comfy_bench_host import BenchHost
 
     tmp = tempfile.TemporaryDirectory(prefix="llm4gen-bench-")
     host = BenchHost(Path(tmp.name) / "base", gpu=args.gpu, cache=args.cache, cache_arg=args.cache_arg, comfy_args=comfy_args)

@@ -1,8 +1,8 @@
 """What ``llm.encode`` costs on top of the bare transformers encoder forward it wraps.
 
-    .venv/bin/python benchmarks/bench_llm.py            # T5-v1.1-small and T5-XL (RankGen) sizes
-    .venv/bin/python benchmarks/bench_llm.py --small    # the small one only (seconds)
-    .venv/bin/python benchmarks/bench_llm.py --load     # also: load_llm of an XL RankGen .bin, fp32/bf16/fp16
+    .venv/bin/python -m benchmarks.bench_llm            # T5-v1.1-small and T5-XL (RankGen) sizes
+    .venv/bin/python -m benchmarks.bench_llm --small    # the small one only (seconds)
+    .venv/bin/python -m benchmarks.bench_llm --load     # also: load_llm of an XL RankGen .bin, fp32/bf16/fp16
 
 Random weights, fp32 on the CPU unless told otherwise. For each size and batch it times, on the
 same model object and the same ids, ``model(input_ids, attention_mask).last_hidden_state`` (the
@@ -28,12 +28,11 @@ from pathlib import Path
 
 import torch
 
-import common
-from bench_models import NAMES, SIZES, random_t5_encoder, rankgen_folder, t5_tokenizer_folder
+from llm4gen_core.llm import LLMEncoder
+from llm4gen_core.tokenization import load_t5_tokenizer
 
-common.add_paths()
-from llm4gen_core.llm import LLMEncoder  # noqa: E402
-from llm4gen_core.tokenization import load_t5_tokenizer  # noqa: E402
+from . import common
+from .bench_models import NAMES, SIZES, random_t5_encoder, rankgen_folder, t5_tokenizer_folder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROMPT = ("Ground view of the Great Pyramids and Sphinx on the moon's surface. The back of an astronaut is in the "
@@ -48,7 +47,7 @@ def tokenizer(tmp: Path):
             return load_t5_tokenizer(folder)
     except Exception:
         pass
-    from synthetic.llm import tiny_spm_tokenizer
+    from scripts.smoke_models import tiny_spm_tokenizer
 
     return load_t5_tokenizer(tiny_spm_tokenizer(tmp / "tok"))
 
@@ -100,19 +99,18 @@ def bench(llm: LLMEncoder, batch: int, repeats: int, device: torch.device) -> di
 
 LOAD_CHILD = r"""
 import json, sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
-import common
 import torch
+from benchmarks import common
 from llm4gen_core import load_llm
-device = sys.argv[5]
+device = sys.argv[4]
 with common.AnonPeak() as anon:
     start = time.perf_counter()
-    llm = load_llm(sys.argv[2], tokenizer_path=sys.argv[3], dtype=sys.argv[4], device=device)
+    llm = load_llm(sys.argv[1], tokenizer_path=sys.argv[2], dtype=sys.argv[3], device=device)
     common.sync(torch.device(device))
     took = time.perf_counter() - start
 params = sum(p.numel() * p.element_size() for p in llm.model.parameters()) / 2**30
 vram = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-print(json.dumps({"dtype": sys.argv[4], "device": device, "seconds": took, "peak_rss_gib": common.peak_rss_gib(),
+print(json.dumps({"dtype": sys.argv[3], "device": device, "seconds": took, "peak_rss_gib": common.peak_rss_gib(),
                   "peak_anon_rss_gib": anon.peak_gib, "rss_gib": common.rss_gib(), "weights_gib": params,
                   "peak_vram_gib": vram, "llm": repr(llm)}))
 """
@@ -124,8 +122,8 @@ def bench_load(dtypes=("fp32", "bf16", "fp16"), size: str = "xl", device: str = 
     size = (folder / "pytorch_model.bin").stat().st_size / 1e9
     rows = []
     for dtype in dtypes:
-        out = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(common.ROOT), str(folder), str(t5_tokenizer_folder()),
-                              dtype, device], check=True, capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(folder), str(t5_tokenizer_folder()), dtype, device],
+                             check=True, capture_output=True, text=True, cwd=common.ROOT)
         row = __import__("json").loads(out.stdout.strip().splitlines()[-1])
         row["file_gb"] = size
         rows.append(row)

@@ -1,8 +1,8 @@
 """The LLM in the converter's formats: what loading each costs, and encoding with dtype auto.
 
-    .venv/bin/python benchmarks/bench_llm_formats.py load      # XL: peak RSS and time per format
-    .venv/bin/python benchmarks/bench_llm_formats.py encode    # XL: encode, dtype auto vs fp32, 256 tokens
-    .venv/bin/python benchmarks/bench_llm_formats.py load --size small   # a smoke run
+    .venv/bin/python -m benchmarks.bench_llm_formats load      # XL: peak RSS and time per format
+    .venv/bin/python -m benchmarks.bench_llm_formats encode    # XL: encode, dtype auto vs fp32, 256 tokens
+    .venv/bin/python -m benchmarks.bench_llm_formats load --size small   # a smoke run
 
 ``load``: ``load_llm`` in a fresh process per (file, dtype), alternating over ``--rounds`` rounds: the
 release's layout (RankGen folder, fp32 ``pytorch_model.bin``) as fp32 and as bf16, and the files
@@ -26,10 +26,8 @@ import subprocess
 import sys
 import time
 
-import common
-from bench_models import converted_file, rankgen_folder, t5_tokenizer_folder
-
-common.add_paths()
+from . import common
+from .bench_models import converted_file, rankgen_folder, t5_tokenizer_folder
 
 GOALS = {  # (source, dtype) -> peak RSS goal, GiB (the goals, at the release's size)
     ("bin", "bf16"): 2.9, ("bf16", "bf16"): 2.9, ("fp8", "auto"): 1.6,
@@ -37,18 +35,17 @@ GOALS = {  # (source, dtype) -> peak RSS goal, GiB (the goals, at the release's 
 
 CHILD = r"""
 import json, sys, time
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/benchmarks"]
-import common
+from benchmarks import common
 import torch
 from transformers import T5EncoderModel
 from llm4gen_core import load_llm
 from llm4gen_core.tokenization import load_t5_tokenizer
-load_t5_tokenizer(sys.argv[3])
+load_t5_tokenizer(sys.argv[2])
 common.reset_peak_rss()
 before = common.rss_gib()
 with common.AnonPeak() as anon:
     start = time.perf_counter()
-    llm = load_llm(sys.argv[2], tokenizer_path=sys.argv[3], dtype=sys.argv[4], device="cpu")
+    llm = load_llm(sys.argv[1], tokenizer_path=sys.argv[2], dtype=sys.argv[3], device="cpu")
     took = time.perf_counter() - start
 weights = sum(p.numel() * p.element_size() for p in llm.model.parameters()) / 2**30
 print(json.dumps({"seconds": took, "peak_rss_gib": common.peak_rss_gib(), "peak_anon_rss_gib": anon.peak_gib,
@@ -69,8 +66,8 @@ def bench_load(size: str, rounds: int, plan: list[tuple[str, str]]) -> list[dict
     for r in range(rounds):
         for key in (plan if r % 2 == 0 else plan[::-1]):
             source, dtype = key
-            out = subprocess.run([sys.executable, "-c", CHILD, str(common.ROOT), str(paths[source]), str(tokenizer),
-                                  dtype], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, "-c", CHILD, str(paths[source]), str(tokenizer), dtype],
+                                 capture_output=True, text=True, cwd=common.ROOT)
             if out.returncode:
                 raise RuntimeError(f"load {source} {dtype} failed:\n{out.stderr[-3000:]}")
             runs[key].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -104,7 +101,7 @@ def bench_load(size: str, rounds: int, plan: list[tuple[str, str]]) -> list[dict
 def bench_encode(size: str, repeats: int) -> dict:
     import torch
 
-    from bench_llm import PROMPT
+    from .bench_llm import PROMPT
     from llm4gen_core import load_llm
     from llm4gen_core.dtypes import cpu_auto_dtype
 

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import torch
 
-import common
-
-common.add_paths()
+from scripts import comfyui_host, smoke_models
 
 BUILDER_VERSION = "v2"  # v2: T5's own initialisation (see random_t5_encoder)
 SIZES = {  # google/t5-v1_1-small and -xl encoders (RankGen's is the XL one)
@@ -80,9 +78,7 @@ def write_rankgen_folder(folder: Path, model) -> Path:
 def rankgen_folder(size: str) -> Path:
     """A cached RankGen-layout folder of a random encoder of ``size`` (see SIZES); the XL one
     is 4.9 GB on disk and takes about a minute to build."""
-    from synthetic.sd15 import models_dir
-
-    target = models_dir() / f"bench-rankgen-{size}-{BUILDER_VERSION}"
+    target = smoke_models.models_dir() / f"bench-rankgen-{size}-{BUILDER_VERSION}"
     if (target / "pytorch_model.bin").is_file():
         return target
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -117,7 +113,7 @@ def converted_file(size: str, dtype: str) -> Path:
 def release_cam_file(folder: Path, llm_dim: int = 2048) -> Path:
     """A random Cross-Adapter with the release's dims (CLIP 768, 8 heads, FFN 3072, depth 1)."""
     from llm4gen_core import CrossAdapterConfig, save_cross_adapter
-    from synthetic.cam import cam_state
+    from scripts.smoke_models import cam_state
 
     cfg = CrossAdapterConfig(clip_dim=768, llm_dim=llm_dim, heads=8, ffn_dim=3072, depth=1)
     path = Path(folder) / f"cam-release-dims-{llm_dim}.safetensors"
@@ -128,6 +124,4 @@ def release_cam_file(folder: Path, llm_dim: int = 2048) -> Path:
 
 def t5_tokenizer_folder() -> Path:
     """ComfyUI's bundled T5 tokenizer (the real T5 v1.1 vocabulary), which Load LLM falls back on."""
-    from synthetic.comfy_env import comfyui_root
-
-    return comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"
+    return comfyui_host.comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"

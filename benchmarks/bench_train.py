@@ -1,8 +1,8 @@
 """Training speed and memory per mode: steps/s, peak RSS and the share of step time spent waiting
 for data, each run in a fresh process (so each peak RSS is that run's own).
 
-    .venv/bin/python benchmarks/bench_train.py --sizes tiny          # seconds
-    .venv/bin/python benchmarks/bench_train.py --sizes tiny sd15     # + SD1.5 size (~15 min, ~20 GiB)
+    .venv/bin/python -m benchmarks.bench_train --sizes tiny          # seconds
+    .venv/bin/python -m benchmarks.bench_train --sizes tiny sd15     # + SD1.5 size (~15 min, ~20 GiB)
 
 Sizes (random weights, made locally, nothing downloaded):
 - tiny: the training tests' models (CLIP 32-d, a 2-level UNet, T5 48-d), 32x32 images.
@@ -23,28 +23,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import common
+from scripts import tiny_training
+
+from . import common
 
 MODES = ("cam", "cam+lora", "cam+unet")
 
 
 def tiny_inputs(folder: Path) -> tuple[list[str], int]:
-    from train import tiny_models
-
-    tiny = tiny_models.build_all(folder)
+    tiny = tiny_training.build_all(folder)
     return (["--base", str(tiny.base), "--llm", str(tiny.llm), "--tokenizer", str(tiny.t5_tokenizer),
-             "--data", str(tiny.data), "--resolution", str(tiny_models.RESOLUTION), "--batch-size", "2"], 12)
+             "--data", str(tiny.data), "--resolution", str(tiny_training.RESOLUTION), "--batch-size", "2"], 12)
 
 
 def sd15_inputs(folder: Path) -> tuple[list[str], int]:
-    from scripts.smoke_models import full_sd15_checkpoint
-    from synthetic.llm import tiny_t5_encoder, tiny_t5_rankgen_folder
-    from train import tiny_models
+    from scripts.smoke_models import full_sd15_checkpoint, tiny_t5_encoder, tiny_t5_rankgen_folder
 
-    clip_tokenizer, t5_tokenizer = tiny_models.comfy_tokenizers()
+    clip_tokenizer, t5_tokenizer = tiny_training.comfy_tokenizers()
     t5 = tiny_t5_encoder(seed=1, vocab_size=32128, d_model=2048, d_kv=64, d_ff=5120, num_heads=32, num_layers=2)
     llm = tiny_t5_rankgen_folder(folder / "t5-2048", t5, fmt="safetensors")
-    data = tiny_models.build_data(folder / "data", size=288)
+    data = tiny_training.build_data(folder / "data", size=288)
     return (["--base", str(full_sd15_checkpoint()), "--clip-tokenizer", str(clip_tokenizer), "--llm", str(llm),
              "--tokenizer", str(t5_tokenizer), "--data", str(data), "--resolution", "256", "--batch-size", "1"], 4)
 
@@ -74,7 +72,6 @@ def main() -> int:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="for every run")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args()
-    common.add_paths()
     extra = ["--gradient-checkpointing"] if args.gradient_checkpointing else []
     results = []
     with tempfile.TemporaryDirectory(prefix="llm4gen-bench-train-") as tmp:

@@ -1,5 +1,9 @@
 """A real ComfyUI (the tests' copy, 0.3.75) in this process, instrumented for benchmarks.
 
+Its base directory is laid out by ``scripts.comfyui_server.prepare_base`` (model folders, this pack
+linked into custom_nodes; no test-only node packs), and ComfyUI is imported the way the tools and
+tests import it (``scripts.comfyui_host.import_comfyui``).
+
 Nothing in ComfyUI is replaced. What is added:
 
 - ``NodeClock`` stands where ComfyUI's server receives the executor's events ("executing"
@@ -22,11 +26,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import common
+from scripts import comfyui_host, comfyui_server
 
-common.add_paths(host=True)
-
-from synthetic import comfy_env  # noqa: E402
+from . import common
 
 TIMER_NODE = "LLM4GENBenchTimeUNet"
 CLIENT_ID = "llm4gen-bench"
@@ -184,12 +186,10 @@ class BenchHost:
 
     def __init__(self, base_dir: Path, *, gpu: bool = False, cache: str = "classic", cache_arg: float = 0,
                  comfy_args: dict | None = None):
-        from comfy_harness import ComfyBase
-
         start = time.perf_counter()
-        self.base = ComfyBase(base_dir)
+        self.root = comfyui_server.prepare_base(base_dir)  # this pack linked in, model folders
         self.gpu = gpu
-        comfy_env.prepare(self.base.root)
+        comfyui_host.import_comfyui(self.root)
         from comfy.cli_args import args
 
         if "comfy.model_management" in __import__("sys").modules:
@@ -224,7 +224,7 @@ class BenchHost:
         self.max_peak_rss_gib = common.peak_rss_gib()
 
     def place(self, folder: str, source, name: str | None = None) -> str:
-        return self.base.place(folder, source, name)
+        return comfyui_server.place(self.root, folder, source, name)
 
     def attention(self) -> str:
         """The attention function ComfyUI's UNet uses (chosen at import from the options)."""

@@ -18,17 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCH_DIR = ROOT / "benchmarks"
-TESTS_DIR = ROOT / "tests"
-
-
-def add_paths(host: bool = False) -> None:
-    """Make the repo (llm4gen_core), tests/ (synthetic builders) and, for host benchmarks,
-    tests/host (the ComfyUI harness and graph builders) importable."""
-    wanted = [ROOT, TESTS_DIR] + ([TESTS_DIR / "host"] if host else [])
-    for path in wanted:
-        if str(path) not in sys.path:
-            sys.path.append(str(path))
 
 
 # --- timing -------------------------------------------------------------------------------------
@@ -187,8 +176,7 @@ def machine() -> dict:
 
 def comfyui_version() -> str | None:
     try:
-        add_paths()
-        from synthetic.comfy_env import comfyui_root
+        from scripts.comfyui_host import comfyui_root
 
         text = (comfyui_root() / "comfyui_version.py").read_text()
         return text.split("__version__ =", 1)[1].strip().strip("\"'")
@@ -213,17 +201,18 @@ def write_json(path: str | os.PathLike | None, result: dict) -> None:
         Path(path).write_text(json.dumps(result, indent=1, default=str))
 
 
-def run_child(script: str, args: list[str], json_path: Path, timeout: float | None = None, log=None) -> dict:
-    """Run ``benchmarks/<script>`` in a fresh Python (its own peak memory, its own ComfyUI
-    settings), its output streamed to ``log`` (default stderr); returns the JSON it wrote."""
-    command = [sys.executable, str(BENCH_DIR / script), *args, "--json", str(json_path)]
+def run_child(module: str, args: list[str], json_path: Path, timeout: float | None = None, log=None) -> dict:
+    """Run ``python -m benchmarks.<module>`` from the repository root in a fresh Python (its own
+    peak memory, its own ComfyUI settings), its output streamed to ``log`` (default stderr);
+    returns the JSON it wrote."""
+    command = [sys.executable, "-m", f"benchmarks.{module}", *args, "--json", str(json_path)]
     log = log or sys.stderr
     print(f"\n$ {' '.join(command[1:])}", file=log, flush=True)
     start = time.perf_counter()
     process = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     took = time.perf_counter() - start
     if process.returncode != 0:
-        raise RuntimeError(f"{script} {' '.join(args)} failed with exit code {process.returncode} (see its output above)")
+        raise RuntimeError(f"{module} {' '.join(args)} failed with exit code {process.returncode} (see its output above)")
     result = json.loads(Path(json_path).read_text())
     result.setdefault("wall_seconds", took)
     return result

@@ -1,9 +1,9 @@
 """How close each weight format's LLM features (and the Cross-Adapter's output) stay to fp32, at
 the release's size: the quality table in README-llm-memory.md.
 
-    .venv/bin/python benchmarks/llm_quality.py                  # T5-XL size, 64 prompts
-    .venv/bin/python benchmarks/llm_quality.py --readme         # ... and rewrite README-llm-memory.md's table
-    .venv/bin/python benchmarks/llm_quality.py --size small --prompts 8      # a smoke run
+    .venv/bin/python -m benchmarks.llm_quality                  # T5-XL size, 64 prompts
+    .venv/bin/python -m benchmarks.llm_quality --readme         # ... and rewrite README-llm-memory.md's table
+    .venv/bin/python -m benchmarks.llm_quality --size small --prompts 8      # a smoke run
 
 Model: the random T5-XL-size encoder in RankGen's layout (``bench_models.rankgen_folder``: T5 v1.1 XL
 dims, random weights drawn as T5 initialises itself, built once and cached outside the repository)
@@ -38,10 +38,8 @@ from pathlib import Path
 
 import torch
 
-import common
-from bench_models import converted_file, rankgen_folder, release_cam_file, t5_tokenizer_folder
-
-common.add_paths()
+from . import common
+from .bench_models import converted_file, rankgen_folder, release_cam_file, t5_tokenizer_folder
 
 README = common.ROOT / "README-llm-memory.md"
 START, END = "<!-- llm-quality:start -->", "<!-- llm-quality:end -->"
@@ -167,16 +165,28 @@ def table(result: dict) -> str:
     return caption + "\n\n" + head + "\n".join(lines) + "\n"
 
 
+class ReadmeSectionError(ValueError):
+    """README-llm-memory.md lacks the marked section the table goes into."""
+
+
 def rewrite_readme(text: str) -> None:
     readme = README.read_text()
     if START not in readme or END not in readme:
-        raise SystemExit(f"{README} has no {START} ... {END} section")
+        raise ReadmeSectionError(f"{README} has no {START} ... {END} section")
     before, rest = readme.split(START, 1)
     _, after = rest.split(END, 1)
     README.write_text(before + START + "\n" + text + END + after)
 
 
 def main(argv=None) -> int:
+    try:
+        return measure_and_report(argv)
+    except ReadmeSectionError as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def measure_and_report(argv=None) -> int:
     from llm4gen_core import load_cross_adapter, load_llm
     from llm4gen_core.dtypes import cpu_auto_dtype
 

@@ -1,8 +1,10 @@
 """Every LLM4GEN benchmark, each heavy one in its own fresh process, and one summary table.
 
-    .venv/bin/python benchmarks/run_all.py            # the full run (~20 min on 2 CPU cores)
-    .venv/bin/python benchmarks/run_all.py --quick    # small models, a smoke run (< 1 min)
-    .venv/bin/python benchmarks/run_all.py --gpu      # on a CUDA machine: GPU, peak VRAM too
+    .venv/bin/python -m benchmarks.run_all            # the full run (~20 min on 2 CPU cores)
+    .venv/bin/python -m benchmarks.run_all --quick    # small models, a smoke run (< 1 min)
+    .venv/bin/python -m benchmarks.run_all --gpu      # on a CUDA machine: GPU, peak VRAM too
+
+(from the repository root; bash scripts/bench.sh sets up the environment first.)
 
 Progress and the children's logs go to stderr and to ``<out>/log.txt``; the table goes to
 stdout and ``<out>/table.md``; every child's figures to ``<out>/*.json``. ``<out>`` defaults to
@@ -18,40 +20,42 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import common
+from scripts.smoke_models import models_dir
+
+from . import common
 
 HEADER = ["measurement", "LLM4GEN", "reference", "ratio", "goal", "met?"]
 
 
 def plan(quick: bool, gpu: bool) -> list[tuple[str, str, list[str]]]:
-    """(key, script, args) of each child process, in the order they run."""
+    """(key, module of benchmarks/, args) of each child process, in the order they run."""
     dev = ["--device", "cuda"] if gpu else []
     host = ["--gpu"] if gpu else []
     if quick:
         return [
-            ("llm", "bench_llm.py", ["--sizes", "small", "--batches", "1", "--repeats", "3", "--load", "--load-size",
+            ("llm", "bench_llm", ["--sizes", "small", "--batches", "1", "--repeats", "3", "--load", "--load-size",
                                      "small", "--load-dtypes", "fp32", *dev]),
-            ("host_all", "bench_host.py", ["all", "--quick", *host]),
-            ("llm_formats_load", "bench_llm_formats.py", ["load", "--size", "small", "--rounds", "1",
+            ("host_all", "bench_host", ["all", "--quick", *host]),
+            ("llm_formats_load", "bench_llm_formats", ["load", "--size", "small", "--rounds", "1",
                                                           "--plan", "bin:fp32,bin:bf16,bf16:bf16,fp8:auto"]),
-            ("llm_formats_encode", "bench_llm_formats.py", ["encode", "--size", "small", "--repeats", "2"]),
+            ("llm_formats_encode", "bench_llm_formats", ["encode", "--size", "small", "--repeats", "2"]),
         ]
     return [
-        ("llm", "bench_llm.py", ["--sizes", "small", "--batches", "1", "--repeats", "10", *dev]),
-        ("llm_xl", "bench_llm.py", ["--sizes", "xl", "--batches", "1", "--repeats", "4", *dev]),
-        ("load", "bench_llm.py", ["--load-only", "--load-size", "xl", *dev]),
-        ("e2e_stock", "bench_host.py", ["e2e", "--graph", "stock", "--steps", "3", *host]),
-        ("e2e_llm4gen", "bench_host.py", ["e2e", "--graph", "llm4gen", "--steps", "3", "--encode-repeats", "0", *host]),
-        ("steps", "bench_host.py", ["steps", "--rounds", "4", "--steps", "1", *host]),
+        ("llm", "bench_llm", ["--sizes", "small", "--batches", "1", "--repeats", "10", *dev]),
+        ("llm_xl", "bench_llm", ["--sizes", "xl", "--batches", "1", "--repeats", "4", *dev]),
+        ("load", "bench_llm", ["--load-only", "--load-size", "xl", *dev]),
+        ("e2e_stock", "bench_host", ["e2e", "--graph", "stock", "--steps", "3", *host]),
+        ("e2e_llm4gen", "bench_host", ["e2e", "--graph", "llm4gen", "--steps", "3", "--encode-repeats", "0", *host]),
+        ("steps", "bench_host", ["steps", "--rounds", "4", "--steps", "1", *host]),
         # Memory: what is held per node; the latent size does not change what is held.
-        ("memory", "bench_host.py", ["memory", "--steps", "1", "--size", "256", *host]),
-        ("memory_nocache", "bench_host.py", ["memory", "--steps", "1", "--size", "256", "--cache", "none", *host]),
+        ("memory", "bench_host", ["memory", "--steps", "1", "--size", "256", *host]),
+        ("memory_nocache", "bench_host", ["memory", "--steps", "1", "--size", "256", "--cache", "none", *host]),
         # LLM Encode in ComfyUI vs the bare forward: only the LLM's size matters, so the small SD1.5.
-        ("encode_xl", "bench_host.py", ["encode", "--small-checkpoint", "--llm", "xl", "--encode-repeats", "4", *host]),
-        ("steps_pytorch", "bench_host.py", ["steps", "--attention", "pytorch", "--rounds", "4", "--steps", "1", *host]),
+        ("encode_xl", "bench_host", ["encode", "--small-checkpoint", "--llm", "xl", "--encode-repeats", "4", *host]),
+        ("steps_pytorch", "bench_host", ["steps", "--attention", "pytorch", "--rounds", "4", "--steps", "1", *host]),
         # The converter's formats: load peak RSS and time per format; encode with dtype auto.
-        ("llm_formats_load", "bench_llm_formats.py", ["load", "--size", "xl", "--rounds", "2"]),
-        ("llm_formats_encode", "bench_llm_formats.py", ["encode", "--size", "xl", "--repeats", "5"]),
+        ("llm_formats_load", "bench_llm_formats", ["load", "--size", "xl", "--rounds", "2"]),
+        ("llm_formats_encode", "bench_llm_formats", ["encode", "--size", "xl", "--repeats", "5"]),
     ]
 
 
@@ -194,8 +198,6 @@ def main(argv=None) -> int:
     parser.add_argument("--reuse", action="store_true", help="keep results already in --out (resume a run)")
     parser.add_argument("--only", default=None, help="comma-separated keys of the plan to run (see plan())")
     args = parser.parse_args(argv)
-    from synthetic.sd15 import models_dir
-
     out = Path(args.out) if args.out else models_dir().parent / "bench-results" / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     steps = plan(args.quick, args.gpu)
@@ -205,15 +207,15 @@ def main(argv=None) -> int:
     load_before = common.loadavg()
     results, start = {}, time.perf_counter()
     with open(out / "log.txt", "a" if args.reuse else "w") as log:
-        for key, script, child_args in steps:
+        for key, module, child_args in steps:
             began = time.perf_counter()
             if args.reuse and (out / f"{key}.json").is_file():
                 results[key] = __import__("json").loads((out / f"{key}.json").read_text())
                 print(f"[run_all] {key}: reused {out / f'{key}.json'}", file=sys.stderr, flush=True)
                 continue
-            print(f"[run_all] {key}: {script} {' '.join(child_args)} ...", file=sys.stderr, flush=True)
+            print(f"[run_all] {key}: {module} {' '.join(child_args)} ...", file=sys.stderr, flush=True)
             log.flush()
-            results[key] = common.run_child(script, child_args, out / f"{key}.json", log=log)
+            results[key] = common.run_child(module, child_args, out / f"{key}.json", log=log)
             print(f"[run_all] {key} done in {time.perf_counter() - began:.0f} s, load {common.loadavg()}",
                   file=sys.stderr, flush=True)
     machine = common.machine()
@@ -231,5 +233,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    common.add_paths()
     sys.exit(main())

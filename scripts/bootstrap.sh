@@ -13,14 +13,18 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LLM4GEN_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
+# Absolute, as given from where this was run: the tools below run from the repository root.
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac
+case "$PY" in /*) ;; */*) PY="$PWD/$PY" ;; esac
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
-# Runs pip through scripts/quiet_pip.py, which drops what this set-up causes on purpose (the line
-# this machine's pip configuration prints for every package; the torchvision/torch conflict below)
-# so that only real errors show. Keeps pip's status.
+# Runs pip through scripts/quiet_pip.py (as python -m scripts.quiet_pip, from the repository root),
+# which drops what this set-up causes on purpose (the line this machine's pip configuration prints
+# for every package; the torchvision/torch conflict below) so that only real errors show. Keeps
+# pip's status.
 quiet_pip() {
-  "$PY" "$ROOT/scripts/quiet_pip.py" "$@"
+  (cd "$ROOT" && "$PY" -m scripts.quiet_pip "$@")
 }
 
 stamp_inputs() {
@@ -56,4 +60,4 @@ else
 fi
 
 # The real ComfyUI the tests run in (or the user's, via COMFYUI_PATH).
-"$VENV/bin/python" "$ROOT/scripts/comfyui_host.py" install >&2
+(cd "$ROOT" && "$VENV/bin/python" -m scripts.comfyui_host install) >&2

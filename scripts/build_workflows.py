@@ -9,7 +9,7 @@ family: ``sd15``, ``sdxl``; one level down because ComfyUI lists ``workflows/*.j
 and would show each template twice). The files are therefore exactly what "Save" in ComfyUI
 writes for that graph (format, widget order, link table), not a hand-made imitation.
 
-    .venv/bin/python scripts/build_workflows.py [--check]
+    .venv/bin/python -m scripts.build_workflows [--check]
 
 ``--check`` rebuilds in memory and fails if a committed file differs (nodes, links, widgets).
 Needs chromium + chromedriver (scripts/install_browser.sh) and selenium (tests/requirements.txt),
@@ -25,12 +25,7 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-try:  # imported as scripts.build_workflows (tests)
-    from . import chromium, comfyui_server, workflow_specs
-except ImportError:  # run as a script
-    import chromium
-    import comfyui_server
-    import workflow_specs
+from . import chromium, comfyui_server, workflow_specs
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "example_workflows"
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 path.write_text(text, encoding="utf-8")
                 print(f"wrote {path.relative_to(REPO)} ({len(workflow['nodes'])} nodes, {len(workflow['links'])} links)")
     if different:
-        print(f"out of date (run scripts/build_workflows.py): {', '.join(different)}", file=sys.stderr)
+        print(f"out of date (run python -m scripts.build_workflows): {', '.join(different)}", file=sys.stderr)
         return 1
     return 0
 

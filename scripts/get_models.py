@@ -1,9 +1,11 @@
 """Put the model files the bundled workflows use where ComfyUI looks for them.
 
-    python scripts/get_models.py                       # list what is there and what is missing
-    python scripts/get_models.py --release DIR         # link a local copy of the LLM4GEN release
-    python scripts/get_models.py --download            # fetch the public files (huggingface_hub)
-    python scripts/get_models.py --download --llm4gen-repo OWNER/NAME   # ... and the release from a hub repo
+    python -m scripts.get_models                       # list what is there and what is missing
+    python -m scripts.get_models --release DIR         # link a local copy of the LLM4GEN release
+    python -m scripts.get_models --download            # fetch the public files (huggingface_hub)
+    python -m scripts.get_models --download --llm4gen-repo OWNER/NAME   # ... and the release from a hub repo
+
+(from the repository root, with its .venv's Python).
 
 Nothing is downloaded unless ``--download`` is given; the nodes and the tests never download.
 The model folders are those of the base directory the headless runner uses: ``--base-directory``,
@@ -24,12 +26,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-try:  # imported as scripts.get_models
-    from . import comfyui_host
-    from . import workflow_specs as specs
-except ImportError:  # run as a script
-    import comfyui_host
-    import workflow_specs as specs
+from . import comfyui_host
+from . import workflow_specs as specs
+
+
+class GetModelsError(RuntimeError):
+    """A model file cannot be put in place as asked (a release folder without its files, no
+    huggingface_hub for --download). ``main()`` prints the message and exits with status 2."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def link_release(base: Path, release: Path, copy: bool) -> None:
             continue
         source = release / model.release
         if not source.is_file():
-            raise SystemExit(f"{source} not found: --release needs the release folder "
+            raise GetModelsError(f"{source} not found: --release needs the release folder "
                              "(with unet/diffusion_pytorch_model.safetensors and projector.pth)")
         path = target(base, model)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +111,7 @@ def download(base: Path, llm4gen_repo: str | None, with_controlnet: bool) -> Non
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise SystemExit("--download needs huggingface_hub: pip install huggingface_hub") from None
+        raise GetModelsError("--download needs huggingface_hub: pip install huggingface_hub") from None
     for model in MODELS:
         repo = model.repo or llm4gen_repo
         path = target(base, model)
@@ -146,10 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--controlnet", action="store_true", help="with --download: the canny ControlNet too")
     args = parser.parse_args(argv)
     base, _ = comfyui_host.models_base(args.base_directory)
-    if args.release:
-        link_release(base, Path(args.release).expanduser(), args.copy)
-    if args.download:
-        download(base, args.llm4gen_repo, args.controlnet)
+    try:
+        if args.release:
+            link_release(base, Path(args.release).expanduser(), args.copy)
+        if args.download:
+            download(base, args.llm4gen_repo, args.controlnet)
+    except GetModelsError as e:
+        print(e, file=sys.stderr)
+        return 2
     return show(base)
 
 

@@ -6,7 +6,7 @@ in a side environment with transformers 4.x, and committed; ``tests/unit/test_t5
 compares llm4gen_core's tokenizer with them on every CI run.
 
     python3 -m venv /tmp/tf4 && /tmp/tf4/bin/pip install "transformers<5" sentencepiece protobuf
-    .venv/bin/python scripts/make_t5_tokenizer_corpus.py --tf4-python /tmp/tf4/bin/python
+    .venv/bin/python -m scripts.make_t5_tokenizer_corpus --tf4-python /tmp/tf4/bin/python
 
 Vocabulary: ComfyUI's bundled T5 tokenizer (``comfy/text_encoders/t5_tokenizer/tokenizer.json``,
 the T5 v1.1 vocabulary), the one the tests and the nodes use. The slow tokenizer needs a
@@ -29,15 +29,22 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llm4gen_core.tokenization import _spm_proto_from_tokenizer_json
+
+from .comfyui_host import comfyui_root
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from llm4gen_core.tokenization import _spm_proto_from_tokenizer_json  # noqa: E402
-from scripts.comfyui_host import comfyui_root  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "t5_tokenizer_corpus.json"
 SPECIAL_TEXT = ("</s>", "<pad>", "<unk>", "<extra_id_")
 RELEASE_PROMPT = ("\nGround view of the Great Pyramids and Sphinx on the moon's surface. The back of an astronaut "
                   "is in the foreground. The planet Earth looms in the sky.\n")
+
+
+class CorpusError(RuntimeError):
+    """The reference environment cannot make the corpus (not transformers 4.x). ``main()`` prints
+    the message and exits with status 2."""
+
 
 EDGE_CASES = [
     # empty, whitespace runs and kinds
@@ -123,7 +130,7 @@ def slow_ids(tf4_python: str, tokenizer_json: Path, texts: list[str]) -> tuple[s
                        check=True, capture_output=True)
         result = json.loads((tmp / "ids.json").read_text(encoding="utf-8"))
     if not result["version"].startswith("4."):
-        raise SystemExit(f"{tf4_python} has transformers {result['version']}; the reference is transformers 4.x")
+        raise CorpusError(f"{tf4_python} has transformers {result['version']}; the reference is transformers 4.x")
     return result["version"], result["ids"]
 
 
@@ -137,7 +144,11 @@ def main(argv: list[str]) -> int:
     folder = args.tokenizer or comfyui_root() / "comfy" / "text_encoders" / "t5_tokenizer"
     tokenizer_json = folder / "tokenizer.json"
     texts = corpus_texts()
-    version, ids = slow_ids(args.tf4_python, tokenizer_json, texts)
+    try:
+        version, ids = slow_ids(args.tf4_python, tokenizer_json, texts)
+    except CorpusError as e:
+        print(e, file=sys.stderr)
+        return 2
 
     from tokenizers import Tokenizer
 

@@ -1,7 +1,7 @@
 """Runs a pip command and passes its output on without the messages the set-up causes on purpose,
 so that what remains on the screen is a real problem. pip's exit status is kept.
 
-    python scripts/quiet_pip.py PYTHON -m pip install ...      (scripts/bootstrap.sh)
+    python -m scripts.quiet_pip PYTHON -m pip install ...      (scripts/bootstrap.sh)
 
 Dropped from pip's error output, and nothing else:
 

@@ -7,4 +7,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/bootstrap.sh"
-exec "${LLM4GEN_VENV:-$ROOT/.venv}/bin/python" "$ROOT/scripts/run_workflow.py" "$@"
+# The runner is the module scripts.run_workflow. The repository root goes on the import path
+# instead of being made the current folder, so that paths given here stay relative to yours.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "${LLM4GEN_VENV:-$ROOT/.venv}/bin/python" -m scripts.run_workflow "$@"

@@ -1,6 +1,6 @@
 """Run a ComfyUI workflow headless in a real ComfyUI and print where its images were saved.
 
-    python scripts/run_workflow.py [WORKFLOW.json] [options]      (bash scripts/run.sh does setup first)
+    python -m scripts.run_workflow [WORKFLOW.json] [options]      (bash scripts/run.sh does setup first)
 
 WORKFLOW is a workflow as the ComfyUI frontend saves it (or an API-format prompt); the default is
 the bundled LLM4GEN SD1.5 text-to-image workflow. The runner starts ComfyUI's ``main.py`` on
@@ -31,12 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-try:  # imported as scripts.run_workflow
-    from . import comfyui_host, comfyui_server, workflow_api
-except ImportError:  # run as a script
-    import comfyui_host
-    import comfyui_server
-    import workflow_api
+from . import comfyui_host, comfyui_server, workflow_api
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = REPO / "example_workflows" / "llm4gen_sd15_txt2img.json"
@@ -44,6 +39,10 @@ SMOKE_SIZE, SMOKE_STEPS = 128, 6
 SAMPLERS = ("KSampler", "KSamplerAdvanced")
 SIZED = ("EmptyLatentImage", "ImageScale")
 RULE = "=" * 78
+
+
+class OverrideError(ValueError):
+    """A ``--set`` that names no node or input. main() prints the message and exits with 2."""
 
 
 def say(text: str = "") -> None:
@@ -154,7 +153,11 @@ def choose_device(gpu: str | None, cpu_asked: str | None, no_gpu: str = "no GPU 
     return True, f"CPU ({no_gpu})"
 
 
+# --- the server ---------------------------------------------------------------------------------
+
 def start_server(base: Path, args, what: str, cpu: bool = True) -> comfyui_server.ComfyUIServer:
+    """ComfyUI's main.py on ``base``, run by ``--python``; its log goes beside the base, or to the
+    cache for a base the runner does not own, so nothing of ours lands in your ComfyUI."""
     say(f"starting ComfyUI ({what}) ...")
     started = time.monotonic()
     log_path = None
@@ -168,11 +171,33 @@ def start_server(base: Path, args, what: str, cpu: bool = True) -> comfyui_serve
     return server
 
 
+class Session:
+    """The ComfyUI server of this run (at most one at a time; ``run`` stops it however the run
+    ends) and whether the run is on random stand-ins."""
+
+    def __init__(self, args, cpu: bool):
+        self.args, self.cpu = args, cpu
+        self.server: comfyui_server.ComfyUIServer | None = None
+        self.smoke = args.smoke
+
+    def start(self, base: Path, what: str) -> dict:
+        """Start ComfyUI on ``base``; returns its /object_info, what the conversion reads."""
+        self.server = start_server(base, self.args, what, self.cpu)
+        return self.server.object_info()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+# --- the workflow and its files -----------------------------------------------------------------
+
 def to_prompt(workflow: dict, object_info: dict) -> dict:
     if workflow_api.is_api_format(workflow):
         missing = sorted({n["class_type"] for n in workflow.values()} - set(object_info))
         if missing:
-            raise workflow_api.WorkflowError(f"this ComfyUI has no node type(s) {', '.join(missing)}")
+            raise workflow_api.MissingNodeTypes(missing, f"this ComfyUI has no node type(s) {', '.join(missing)}")
         return workflow_api.copy_prompt(workflow)
     if not workflow_api.is_ui_format(workflow):
         raise workflow_api.WorkflowError("not a ComfyUI workflow (neither the frontend's format nor the API format)")
@@ -190,7 +215,8 @@ def missing_files(prompt: dict, object_info: dict) -> list[tuple[str, str, str, 
 
 
 def apply_overrides(prompt: dict, args, smoke: bool) -> list[str]:
-    """Explicit overrides and smoke-mode reductions; returns what changed, for the banner."""
+    """Explicit overrides and smoke-mode reductions; returns what changed, for the banner.
+    Raises OverrideError for a --set that names no node or input."""
     notes = []
     steps = args.steps if args.steps is not None else (SMOKE_STEPS if smoke and not args.as_shipped else None)
     size = args.size if args.size is not None else (SMOKE_SIZE if smoke and not args.as_shipped else None)
@@ -212,8 +238,8 @@ def apply_overrides(prompt: dict, args, smoke: bool) -> list[str]:
         node_ref, _, name = target.rpartition(".")
         ids = [nid for nid, node in prompt.items() if node_ref in (nid, node["_meta"]["title"])]
         if not ids or not name or not raw:
-            raise SystemExit(f"--set {assignment!r}: expected NODE.INPUT=VALUE with NODE a node id or title "
-                             f"(titles: {sorted(n['_meta']['title'] for n in prompt.values())})")
+            raise OverrideError(f"--set {assignment!r}: expected NODE.INPUT=VALUE with NODE a node id or title "
+                                f"(titles: {sorted(n['_meta']['title'] for n in prompt.values())})")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -229,8 +255,8 @@ def place_stand_ins(base: Path, files: list[tuple], args) -> None:
     process so that torch and ComfyUI's model code stay out of this one."""
     wanted = sorted({f"{folder}/{name}" for *_, folder, name in files})
     say(f"making random stand-ins in {base} (the first time takes a minute or two) ...")
-    command = [sys.executable, str(REPO / "scripts" / "smoke_models.py"), str(base), *wanted]
-    subprocess.run(command, check=True)
+    command = [sys.executable, "-m", "scripts.smoke_models", str(base), *wanted]
+    subprocess.run(command, check=True, cwd=REPO)  # from the repository root, where `scripts` is
 
 
 def prepare_owned_base(base: Path) -> Path:
@@ -244,112 +270,178 @@ def prepare_owned_base(base: Path) -> Path:
     return base
 
 
-def run(args) -> int:
-    workflow_path = Path(args.workflow).expanduser().resolve()
-    workflow = workflow_api.load(workflow_path)
-    base, base_source = comfyui_host.models_base(args.base_directory)
+# --- the steps of a run, in the order run() takes them -----------------------------------------
+
+def describe_setup(workflow_path: Path, base: Path, base_source: str) -> None:
+    """Install the host ComfyUI if needed, then say which workflow runs in which ComfyUI with
+    which model folders: the first thing to check when a run surprises."""
     root = comfyui_host.install()
     say(f"workflow: {workflow_path}")
     say(f"ComfyUI:  {root}" + (" (COMFYUI_PATH)" if comfyui_host.user_comfyui() else " (the project's host copy)"))
     say(f"models:   {base / 'models'} ({base_source})")
+
+
+def pick_device(args) -> tuple[bool, str]:
+    """(start ComfyUI with --cpu?, the device named in the output). The GPU is used when the
+    Python that runs ComfyUI sees one, unless the CPU was asked for; the output says which."""
     cpu_asked = cpu_request(args.cpu)
     gpu, no_gpu = (None, "") if cpu_asked else detect_gpu(args.python)
     cpu, device = choose_device(gpu, cpu_asked, no_gpu)
     say(f"device:   {device}")
+    return cpu, device
 
-    smoke = args.smoke
-    server = None
+
+def prompt_on_real_files(session: Session, workflow: dict, base: Path) -> tuple[dict, list]:
+    """Start ComfyUI on the model folders and convert the workflow with what that server lists;
+    returns the prompt and the files it names that are not there. A base directory the runner
+    does not own (your ComfyUI) is used as it is."""
+    if owned_base(base):
+        prepare_owned_base(base)
+    object_info = session.start(base, "your model folders")
+    prompt = to_prompt(workflow, object_info)
+    return prompt, missing_files(prompt, object_info)
+
+
+def list_missing(base: Path, missing: list[tuple[str, str, str, str]]) -> None:
+    """Name each missing file with the path it should have, so the user can put it there."""
+    say("these files are not in the model folders:")
+    for title, name, folder, value in missing:
+        where = base / ("input" if folder == "input" else f"models/{folder}") / value
+        note(f"    {where}    ({title}: {name})")
+
+
+def switch_to_smoke(session: Session, prompt: dict) -> None:
+    """Stop the server on the real folders and make stand-ins for EVERY file the workflow names
+    in the smoke base: smoke mode never mixes real and random weights."""
+    session.stop()
+    session.smoke = True
+    sbase = prepare_owned_base(smoke_base(session.args))
+    place_stand_ins(sbase, workflow_api.file_inputs(prompt), session.args)
+
+
+def prompt_on_stand_ins(session: Session, workflow: dict) -> dict:
+    """Start ComfyUI on the smoke base and convert the workflow there; stand-ins for any file it
+    still lacks are made while it runs (ComfyUI lists new files without a restart: it watches
+    folder times). Raises WorkflowError if ComfyUI still does not list them."""
+    sbase = prepare_owned_base(smoke_base(session.args))
+    if session.args.smoke:
+        say("--smoke: running on random stand-ins without looking for real files")
+    object_info = session.start(sbase, "smoke mode, random weights")
+    prompt = to_prompt(workflow, object_info)
+    absent = missing_files(prompt, object_info)
+    if absent:
+        place_stand_ins(sbase, [(None, None, folder, name) for _, _, folder, name in absent], session.args)
+        still = missing_files(prompt, session.server.object_info())
+        if still:
+            raise workflow_api.WorkflowError(f"ComfyUI does not list the stand-ins for {still}")
+    return prompt
+
+
+def announce_run(session: Session, notes: list[str], device: str) -> None:
+    """Say what is about to run: on random weights, a banner nobody can miss (the image will be
+    noise); otherwise that the workflow runs as shipped, less the overrides asked for."""
+    if session.smoke:
+        banner([
+            "SMOKE MODE: RANDOM WEIGHTS. The real model files are missing, so this run uses small random",
+            f"stand-ins made locally under the same file names in {session.server.base_dir}.",
+            "The image shows noise, not LLM4GEN: it only proves the workflow runs end to end in ComfyUI.",
+            *(["Changed for speed: " + "; ".join(notes) + " (--as-shipped keeps the workflow's own)."] if notes else []),
+            "For real images put the files listed above in place (README-workflows.md) and run again.",
+            f"Device: {device}.",
+        ])
+    else:
+        say("all model files found: running the workflow as shipped" + (f", except: {'; '.join(notes)}" if notes else "")
+            + f", on the {device}")
+
+
+def queue_and_wait(server: comfyui_server.ComfyUIServer, prompt: dict, timeout: float) -> dict:
+    """Queue the prompt and follow ComfyUI's progress until it is done; returns its history
+    entry. Raises ComfyValidationError / ComfyExecutionError with ComfyUI's own messages."""
+    say(f"queueing {len(prompt)} nodes ...")
+    started = time.monotonic()
+    prompt_id, entry = server.run_following(prompt, on_event=Progress(prompt), timeout=timeout)
+    say(f"done in {time.monotonic() - started:.0f} s (prompt {prompt_id})")
+    return entry
+
+
+def report_images(server: comfyui_server.ComfyUIServer, entry: dict, smoke: bool) -> int:
+    """Print where each saved image went (stdout: the run's result), labelled when the weights
+    were random; a workflow that saved nothing is a failure."""
+    images = server.output_files(entry)
+    saved = [p for p in images if "/output/" in str(p)] or images
+    for path in saved:
+        print(f"saved: {path}" + ("   [SMOKE MODE: random weights]" if smoke else ""), flush=True)
+    if not saved:
+        say("the workflow saved no images")
+        return 1
+    return 0
+
+
+def server_failed(error: comfyui_server.ServerError) -> int:
+    """ComfyUI did not start or died: its own last lines, and the usual cause with a user's
+    ComfyUI (another Python than the one it needs)."""
+    say(f"{error}".splitlines()[0])
+    note("\n".join(str(error).splitlines()[-15:]))
+    say("ComfyUI did not start. With your own ComfyUI (COMFYUI_PATH), run it with its own Python: "
+        "COMFYUI_PYTHON=/path/to/its/python (with this pack's requirements.txt installed).")
+    return 1
+
+
+def workflow_refused(error: workflow_api.WorkflowError, base: Path) -> int:
+    """The workflow cannot run here; for node types missing from your ComfyUI, how to install the pack."""
+    say(f"cannot run this workflow: {error}")
+    if isinstance(error, workflow_api.MissingNodeTypes) and not owned_base(base):
+        say(f"install the pack into your ComfyUI: ln -s {REPO} {base / 'custom_nodes' / comfyui_server.PACK_LINK}")
+    return 1
+
+
+def run(args) -> int:
+    """Run the workflow headless; returns the exit status (0: images saved, 1: the run failed,
+    and the output says why). The steps, in order: say what runs where; pick the device; unless
+    --smoke, start ComfyUI on the model folders and convert the workflow there, naming missing
+    files and switching to random stand-ins when there are any; in smoke mode start ComfyUI on
+    the stand-ins; apply the overrides; queue, follow and report. Raises OverrideError for a bad
+    --set and comfyui_host.HostSetupError for an unusable ComfyUI (main() reports both)."""
+    workflow_path = Path(args.workflow).expanduser().resolve()
+    workflow = workflow_api.load(workflow_path)
+    base, base_source = comfyui_host.models_base(args.base_directory)
+    describe_setup(workflow_path, base, base_source)
+    cpu, device = pick_device(args)
+    session = Session(args, cpu)
     try:
-        if not smoke:
-            if owned_base(base):
-                prepare_owned_base(base)
-            server = start_server(base, args, "your model folders", cpu)
-            object_info = server.object_info()
-            prompt = to_prompt(workflow, object_info)
-            missing = missing_files(prompt, object_info)
+        if not session.smoke:
+            prompt, missing = prompt_on_real_files(session, workflow, base)
             if missing:
-                say("these files are not in the model folders:")
-                for title, name, folder, value in missing:
-                    where = base / ("input" if folder == "input" else f"models/{folder}") / value
-                    note(f"    {where}    ({title}: {name})")
+                list_missing(base, missing)
                 if args.no_smoke:
                     say("--no-smoke: stopping. Put the files there (README-workflows.md) and run again.")
                     return 1
-                server.stop()
-                server = None
-                smoke = True
-                # Smoke mode replaces every file the workflow names, never mixing real and random weights.
-                sbase = prepare_owned_base(smoke_base(args))
-                place_stand_ins(sbase, workflow_api.file_inputs(prompt), args)
-        if smoke:
-            sbase = prepare_owned_base(smoke_base(args))
-            if server is None and args.smoke:
-                say("--smoke: running on random stand-ins without looking for real files")
-            server = start_server(sbase, args, "smoke mode, random weights", cpu)
-            object_info = server.object_info()
-            prompt = to_prompt(workflow, object_info)
-            absent = missing_files(prompt, object_info)
-            if absent:  # ComfyUI lists new files without a restart (it watches folder times)
-                place_stand_ins(sbase, [(None, None, folder, name) for _, _, folder, name in absent], args)
-                object_info = server.object_info()
-                still = missing_files(prompt, object_info)
-                if still:
-                    raise workflow_api.WorkflowError(f"ComfyUI does not list the stand-ins for {still}")
-        notes = apply_overrides(prompt, args, smoke)
+                switch_to_smoke(session, prompt)
+        if session.smoke:
+            prompt = prompt_on_stand_ins(session, workflow)
+        notes = apply_overrides(prompt, args, session.smoke)
         if args.print_api:
             print(json.dumps(prompt, indent=2))
             return 0
-        if smoke:
-            banner([
-                "SMOKE MODE: RANDOM WEIGHTS. The real model files are missing, so this run uses small random",
-                f"stand-ins made locally under the same file names in {server.base_dir}.",
-                "The image shows noise, not LLM4GEN: it only proves the workflow runs end to end in ComfyUI.",
-                *(["Changed for speed: " + "; ".join(notes) + " (--as-shipped keeps the workflow's own)."] if notes else []),
-                "For real images put the files listed above in place (README-workflows.md) and run again.",
-                f"Device: {device}.",
-            ])
-        else:
-            say("all model files found: running the workflow as shipped" + (f", except: {'; '.join(notes)}" if notes else "")
-                + f", on the {device}")
-        say(f"queueing {len(prompt)} nodes ...")
-        started = time.monotonic()
-        try:
-            prompt_id, entry = server.run_following(prompt, on_event=Progress(prompt), timeout=args.timeout)
-        except comfyui_server.ComfyValidationError as e:
-            say(f"ComfyUI refused the workflow:\n{e}")
-            return 1
-        except comfyui_server.ComfyExecutionError as e:
-            say(f"the run failed: {e.node_type} (node {e.node_id}): {e.exception_type}: {e.exception_message}")
-            say(f"ComfyUI's log: {server.log_path}")
-            return 1
-        images = server.output_files(entry)
-        say(f"done in {time.monotonic() - started:.0f} s (prompt {prompt_id})")
-        saved = [p for p in images if "/output/" in str(p)] or images
-        for path in saved:
-            print(f"saved: {path}" + ("   [SMOKE MODE: random weights]" if smoke else ""), flush=True)
-        if not saved:
-            say("the workflow saved no images")
-            return 1
-        return 0
-    except (RuntimeError, TimeoutError) as e:
-        if "ComfyUI server" not in str(e):
-            raise
-        say(f"{e}".splitlines()[0])
-        note("\n".join(str(e).splitlines()[-15:]))
-        say("ComfyUI did not start. With your own ComfyUI (COMFYUI_PATH), run it with its own Python: "
-            "COMFYUI_PYTHON=/path/to/its/python (with this pack's requirements.txt installed).")
+        announce_run(session, notes, device)
+        entry = queue_and_wait(session.server, prompt, args.timeout)
+        return report_images(session.server, entry, session.smoke)
+    except comfyui_server.ComfyValidationError as e:
+        say(f"ComfyUI refused the workflow:\n{e}")
         return 1
+    except comfyui_server.ComfyExecutionError as e:
+        say(f"the run failed: {e.node_type} (node {e.node_id}): {e.exception_type}: {e.exception_message}")
+        say(f"ComfyUI's log: {session.server.log_path}")
+        return 1
+    except comfyui_server.ServerError as e:
+        return server_failed(e)
     except comfyui_server.LinkError as e:
         say(f"cannot link the pack into ComfyUI's base directory: {e}")
         return 1
     except workflow_api.WorkflowError as e:
-        say(f"cannot run this workflow: {e}")
-        if "no node type" in str(e) and not owned_base(base):
-            say(f"install the pack into your ComfyUI: ln -s {REPO} {base / 'custom_nodes' / comfyui_server.PACK_LINK}")
-        return 1
+        return workflow_refused(e, base)
     finally:
-        if server is not None:
-            server.stop()
+        session.stop()
 
 
 def parse_args(argv: list[str] | None = None):
@@ -379,7 +471,11 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    try:
+        return run(parse_args(argv))
+    except (OverrideError, comfyui_host.HostSetupError) as e:
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

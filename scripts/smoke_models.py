@@ -3,7 +3,8 @@
 The headless runner (scripts/run_workflow.py) uses them in smoke mode, when the real files are
 not in the model folders: each stand-in is placed under the SAME file name the workflow names,
 in a separate smoke base directory, so the workflow runs unchanged on random weights. The tests
-(tests/synthetic/sd15.py, llm.py, cam.py re-export these builders) use the same files.
+(tests/synthetic/sd15.py, llm.py, cam.py re-export these builders) and the benchmarks use the
+same files.
 
 Nothing is downloaded. SD1.5 parts are instantiated from ComfyUI's own classes (UNet
 ``comfy.supported_models.SD15`` -> ``BaseModel``, CLIP ``comfy.sd1_clip.SD1ClipModel``, VAE
@@ -25,6 +26,7 @@ builder changes so the cache rebuilds), and written atomically (temp file + ``os
 - ``clip_l_file(checkpoint)`` / ``vae_file(checkpoint)``: a checkpoint's CLIP-L and VAE alone.
 - ``xs_sd15_lora()``: a LoRA for the SD-XS UNet's cross-attention and CLIP-L's attention.
 - ``tiny_t5_encoder`` / ``tiny_t5_rankgen_folder``: a tiny T5 encoder, saved in RankGen's layout.
+- ``tiny_spm_tokenizer(folder)``: a T5-style sentencepiece tokenizer trained on a tiny corpus.
 - ``cam_state(cfg, seed)``: a random Cross-Adapter state dict with the release's keys.
 - ``tiny_sdxl_unet()`` / ``tiny_sdxl_controlnet()`` / ``tiny_sdxl_clip_l()`` / ``tiny_sdxl_clip_g()`` /
   ``tiny_sdxl_projector()``: an SDXL-architecture UNet that ComfyUI's own detection takes for
@@ -36,10 +38,11 @@ builder changes so the cache rebuilds), and written atomically (temp file + ``os
 
 Command line (what the runner calls, so that torch and ComfyUI stay out of its own process)::
 
-    python scripts/smoke_models.py BASE_DIR FOLDER/NAME ...   # e.g. diffusion_models/x.safetensors
+    python -m scripts.smoke_models BASE_DIR FOLDER/NAME ...   # e.g. diffusion_models/x.safetensors
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -48,12 +51,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-try:  # imported as scripts.smoke_models (tests)
-    from . import comfyui_host
-except ImportError:  # run as a script, or imported with scripts/ on sys.path
-    import comfyui_host
+from . import comfyui_host
 
-REPO = Path(__file__).resolve().parents[1]
 BUILDER_VERSION = "v2"
 
 # detect_unet_config's reading of a real SD1.5 UNet (comfy/model_detection.py).
@@ -243,7 +242,6 @@ def tiny_sdxl_projector() -> Path:
     dims in the metadata): 8 heads of 256, one block, FFN 2048 (kept small: the nodes read every
     size from the file), ~100 MB."""
     def build(path):
-        _llm4gen_core_importable()
         from llm4gen_core.cam import CrossAdapterConfig
         from llm4gen_core.checkpoint import save_cross_adapter
 
@@ -320,8 +318,52 @@ def tiny_rankgen() -> Path:
     return _cached_folder(f"rankgen-tiny-{BUILDER_VERSION}", build)
 
 
+# Words and scripts the tiny vocabularies learn; characters outside them (emoji, most CJK) are
+# unknown to the tokenizer, as rare characters are to T5's.
+_CORPUS_WORDS = (
+    "a photo of the cat dog sitting on mat under blue sky with red car near old house ground view great pyramids "
+    "sphinx moon surface back astronaut foreground planet earth looms in painting style detailed long dense prompt "
+    "light shadow river mountain tree forest city street night day morning sunset portrait woman man child bird "
+    "pre A The In An photo Photo Ground "
+    "naïve café résumé über straße ünïcödé déjà vu 日本 語 東京 中文 猫 привет мир 123 456 2024 3.14 , . ! ? ' \" - ( )"
+).split()
+
+
+def tiny_corpus(lines: int = 400, seed: int = 0) -> list[str]:
+    """Seeded random lines of those words: what the tiny tokenizers are trained on."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(lines):
+        n = int(torch.randint(3, 14, (1,), generator=g))
+        idx = torch.randint(0, len(_CORPUS_WORDS), (n,), generator=g).tolist()
+        out.append(" ".join(_CORPUS_WORDS[i] for i in idx))
+    return out
+
+
+def tiny_spm_model(vocab_size: int = 300) -> bytes:
+    """A T5-style sentencepiece Unigram model: nmt_nfkc normalisation, <pad>=0, </s>=1, <unk>=2, no <s>."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tiny_corpus()), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, normalization_rule_name="nmt_nfkc",
+        num_threads=1, minloglevel=2, hard_vocab_limit=False,
+    )
+    return buf.getvalue()
+
+
+def tiny_spm_tokenizer(folder) -> Path:
+    """A folder holding only ``spiece.model`` (as google/t5-v1_1-* ship it, less the JSON files)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spiece.model").write_bytes(tiny_spm_model())
+    return folder
+
+
 def release_cam_config():
-    _llm4gen_core_importable()
     from llm4gen_core.cam import CrossAdapterConfig
 
     return CrossAdapterConfig(clip_dim=768, llm_dim=2048, heads=8, ffn_dim=3072, depth=1)
@@ -332,7 +374,6 @@ def cam_state(cfg=None, seed: int = 0, dtype=None) -> dict:
     so a swapped q_norm/kv_norm shows up in the numbers). ``cfg`` defaults to the release's."""
     import torch
 
-    _llm4gen_core_importable()
     from llm4gen_core.checkpoint import expected_shapes
 
     cfg = cfg or release_cam_config()
@@ -434,11 +475,6 @@ def place_stand_ins(base: str | os.PathLike, wanted: list[tuple[str, str]]) -> l
 
 
 # --- building -------------------------------------------------------------------------------
-
-def _llm4gen_core_importable() -> None:
-    if str(REPO) not in sys.path:
-        sys.path.append(str(REPO))
-
 
 def _comfy():
     comfyui_host.import_comfyui()

@@ -13,7 +13,7 @@ token strings), the ids of:
   ours        llm4gen_core.tokenization.load_t5_tokenizer(<folder with tokenizer.json>)
   rust        the ``tokenizers`` library on that tokenizer.json (HF's fast path)
 
-    .venv/bin/python scripts/verify_t5_tokenizer.py [TOKENIZER_FOLDER]   # default: ComfyUI's t5_tokenizer
+    .venv/bin/python -m scripts.verify_t5_tokenizer [TOKENIZER_FOLDER]   # default: ComfyUI's t5_tokenizer
 
 What it cannot show: that the rebuilt spiece.model equals google/t5-v1_1-xl's file byte for byte
 (no copy of that file is available offline); the pieces, scores and normalisation table are the
@@ -29,10 +29,9 @@ import tempfile
 import venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from llm4gen_core.tokenization import _spm_proto_from_tokenizer_json, load_t5_tokenizer  # noqa: E402
-from scripts.comfyui_host import cache_dir, comfyui_root  # noqa: E402
+from llm4gen_core.tokenization import _spm_proto_from_tokenizer_json, load_t5_tokenizer
+
+from .comfyui_host import cache_dir, comfyui_root
 
 TF4 = "transformers==4.44.2"
 ATOMS = ["a", "cat", "The", " ", "  ", "\n", "\t", "\r\n", "\u00a0", "\u3000", "é", "e\u0301", "ß", "日本", "😀",

@@ -40,6 +40,14 @@ class WorkflowError(ValueError):
     """The workflow cannot be turned into a prompt (unknown nodes, unsupported features)."""
 
 
+class MissingNodeTypes(WorkflowError):
+    """The workflow uses node types this ComfyUI does not have (a custom node pack is missing)."""
+
+    def __init__(self, missing: list[str], message: str | None = None):
+        self.missing = list(missing)
+        super().__init__(message or f"this ComfyUI has no node type(s) {', '.join(self.missing)} (missing custom nodes?)")
+
+
 def load(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -271,7 +279,7 @@ def ui_to_api(workflow: dict, object_info: dict, rng=None) -> dict:
     rng = rng or random.Random()
     missing = missing_node_types(workflow, object_info)
     if missing:
-        raise WorkflowError(f"this ComfyUI has no node type(s) {', '.join(missing)} (missing custom nodes?)")
+        raise MissingNodeTypes(missing)
     graph = _Graph(workflow)
     prompt = {}
     for node in sorted(workflow["nodes"], key=lambda n: n["id"]):

@@ -4,7 +4,7 @@
 description and saves what the frontend serialises, so ``example_workflows/*.json`` are exactly
 what ComfyUI's own "Save" writes. Edit here, then rebuild (maintainers only):
 
-    .venv/bin/python scripts/build_workflows.py
+    .venv/bin/python -m scripts.build_workflows
 
 File names are the ones README-workflows.md documents; keep them in step with it.
 """

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from scripts.comfyui_server import (  # noqa: F401  (re-exported)
     MODEL_FOLDERS, PACK_LINK, ComfyError, ComfyExecutionError, ComfyUIServer, ComfyValidationError, link_dir,
-    prepare_base, raise_if_failed,
+    model_folder, place, prepare_base, raise_if_failed,
 )
 from synthetic import comfy_env
 
@@ -99,36 +99,12 @@ class ComfyBase:
         return self.root / "input"
 
     def folder(self, name: str) -> Path:
-        return self.root / "input" if name == "input" else self.root / "models" / name
+        return model_folder(self.root, name)
 
     def place(self, folder: str, source: str | os.PathLike, name: str | None = None) -> str:
-        """Link ``source`` (file or folder) into ``models/<folder>`` (or ``input``); returns the
-        name ComfyUI lists it under (e.g. the value for a loader's combo input).
-
-        ComfyUI caches folder listings (``folder_paths.filename_list_cache``) and trusts them
-        while the modification times of the folders it walked are unchanged; the link changes
-        the folder's mtime, and this makes sure it really differs (file times are coarse), so
-        both the in-process host and a running server see the new entry on their next listing.
-        """
-        source = Path(source).resolve()
-        if not source.exists():
-            raise FileNotFoundError(source)
-        name = name or source.name
-        target = self.folder(folder) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.exists():
-            if target.resolve() == source:
-                return name
-            raise FileExistsError(f"{target} already exists and is not a link to {source}")
-        before = target.parent.stat().st_mtime_ns
-        target.symlink_to(source, target_is_directory=source.is_dir())
-        after = target.parent.stat()
-        if after.st_mtime_ns == before:
-            os.utime(target.parent, ns=(after.st_atime_ns, before + 1_000_000))
-        folder_paths = sys.modules.get("folder_paths")
-        if folder_paths is not None:  # in-process: drop the listing outright as well
-            folder_paths.filename_list_cache.clear()
-        return name
+        """Link ``source`` into ``models/<folder>`` (or ``input``); returns the name ComfyUI lists
+        it under (``scripts.comfyui_server.place``)."""
+        return place(self.root, folder, source, name)
 
     def records(self, prompt_id: str, kind: str | None = "unet", label: str | None = None) -> list[dict]:
         import torch

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-import stock_graphs as g
+from scripts import stock_graphs as g
 from llm4gen_core import load_cross_adapter, load_llm
 
 CLIP_TOL = dict(atol=3e-2, rtol=3e-2)  # ComfyUI runs SD1.5's CLIP in fp16 on CPU; references are fp32

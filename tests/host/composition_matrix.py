@@ -71,8 +71,7 @@ def _key(row: dict) -> tuple[str, str, str]:
 
 def comfyui_version() -> str:
     try:
-        sys.path.insert(0, str(REPO / "tests"))
-        from synthetic.comfy_env import comfyui_root
+        from scripts.comfyui_host import comfyui_root
 
         text = (comfyui_root() / "comfyui_version.py").read_text()
         return text.split("__version__ =", 1)[1].strip().strip("\"'")

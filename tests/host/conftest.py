@@ -21,7 +21,7 @@ All session-scoped, sharing one temp ``--base-directory``:
 Every test under tests/host is marked ``host``. A new host test looks like::
 
     import pytest
-    import stock_graphs as g
+    from scripts import stock_graphs as g
 
     pytestmark = pytest.mark.host
 

@@ -1,4 +1,4 @@
-"""The benchmarks do not rot: ``benchmarks/run_all.py --quick`` runs in a real ComfyUI and
+"""The benchmarks do not rot: ``python -m benchmarks.run_all --quick`` runs in a real ComfyUI and
 prints its summary table with every row. No timing is asserted (benchmarks are not tests);
 only that each measurement ran and produced a figure. About a minute on 2 cores."""
 from __future__ import annotations
@@ -39,7 +39,7 @@ ROWS = [
 
 
 def test_run_all_quick_prints_every_row(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--quick", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:] + (tmp_path / "log.txt").read_text()[-4000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]

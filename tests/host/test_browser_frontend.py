@@ -192,7 +192,7 @@ def test_the_committed_workflows_are_what_the_frontend_saves(browser):
     assert sorted(rebuilt) == NAMES
     for name, workflow in rebuilt.items():
         committed = (build_workflows.OUT_DIR / f"{name}.json").read_text(encoding="utf-8")
-        assert build_workflows.file_text(workflow) == committed, f"{name}.json is out of date: run scripts/build_workflows.py"
+        assert build_workflows.file_text(workflow) == committed, f"{name}.json is out of date: run .venv/bin/python -m scripts.build_workflows"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from composition_matrix import MODEL, TEXT, verified
 from compose_support import (CLIP_TOL, POSITIVE, assert_fused, clip_reference_with_vectors, latent_only,
                              rows_by_side, saved_latent, write_lora)

@@ -12,8 +12,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, SAMPLING, verified
 from compose_support import FUSION_TOL, POSITIVE, assert_fused, assert_unchanged, latent_only, snapshot
 

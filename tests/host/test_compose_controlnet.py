@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, verified
 from compose_support import CLIP_TOL, POSITIVE, assert_fused, latent_only, rows_by_side
 from synthetic import sd15

@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from composition_matrix import AFTER, BEFORE, CONTROLNET, MODEL, SAMPLING, SDXL, verified
 from compose_support import POSITIVE, assert_fused, rows_by_side, write_lora
 from synthetic import sdxl as sdxl_models_source

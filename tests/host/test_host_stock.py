@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import stock_graphs as g
+from scripts import stock_graphs as g
 from comfy_harness import PACK_LINK, REPO, ComfyExecutionError, ComfyServer, ComfyValidationError
 from synthetic import sd15
 

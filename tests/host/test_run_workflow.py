@@ -1,4 +1,4 @@
-"""The headless runner (scripts/run_workflow.py, what `bash scripts/run.sh` runs) as a user runs
+"""The headless runner (scripts.run_workflow, what `bash scripts/run.sh` runs) as a user runs
 it: a child process starting a real ComfyUI server. Without the model files it names each
 missing file and where it goes, then runs in a labelled smoke mode on random stand-ins; with the
 files present it runs the workflow as shipped (here with explicit, reported size and steps
@@ -16,7 +16,6 @@ from PIL import Image
 from comfy_harness import REPO
 from scripts import workflow_specs as specs
 
-RUNNER = REPO / "scripts" / "run_workflow.py"
 WORKFLOW = REPO / "example_workflows" / "llm4gen_sd15_txt2img.json"
 EXPECTED = {  # what workflow 1 loads, where the runner must say it goes
     "models/diffusion_models": specs.UNET, "models/checkpoints": specs.SD15,
@@ -25,8 +24,8 @@ EXPECTED = {  # what workflow 1 loads, where the runner must say it goes
 
 
 def run_runner(*args: str, timeout: float = 900) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, str(RUNNER), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout, cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", "scripts.run_workflow", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, cwd=REPO)
     return done.returncode, done.stdout
 
 
@@ -62,7 +61,7 @@ def test_missing_files_are_named_then_smoke_mode_runs_on_random_weights(tmp_path
 def test_with_the_files_present_the_workflow_runs_as_shipped(tmp_path):
     real = tmp_path / "real"
     wanted = [f"{folder.split('/', 1)[1]}/{name}" for folder, name in EXPECTED.items()]
-    subprocess.run([sys.executable, str(REPO / "scripts" / "smoke_models.py"), str(real), *wanted], check=True)
+    subprocess.run([sys.executable, "-m", "scripts.smoke_models", str(real), *wanted], check=True, cwd=REPO)
     code, out = run_runner(str(WORKFLOW), "--base-directory", str(real), "--size", "64", "--steps", "2", "--seed", "5")
     assert code == 0, out
     assert "SMOKE" not in out

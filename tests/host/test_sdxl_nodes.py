@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from comfy_harness import ComfyExecutionError
 from compose_support import POSITIVE, assert_fused, rows_by_side
 

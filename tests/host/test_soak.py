@@ -23,8 +23,8 @@ from types import SimpleNamespace
 import pytest
 
 import comfy_harness
-import llm4gen_graphs as lg
-import stock_graphs as g
+from scripts import llm4gen_graphs as lg
+from scripts import stock_graphs as g
 from comfy_harness import ComfyValidationError
 from synthetic import sd15
 

@@ -39,7 +39,7 @@ from llm4gen_core.train.unet_layout import diffusers_key_map  # noqa: E402
 from scripts import workflow_api  # noqa: E402
 from synthetic import sd15  # noqa: E402
 from synthetic.comfy_env import comfyui_root  # noqa: E402
-from train.tiny_models import build_data  # noqa: E402
+from scripts.tiny_training import build_data  # noqa: E402
 from train_support import FP32, Run, lora_key_warnings, peft_reference, run_trainer, trained_features  # noqa: E402
 
 pytestmark = pytest.mark.slow

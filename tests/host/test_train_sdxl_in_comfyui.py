@@ -29,8 +29,8 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-import llm4gen_graphs as lg  # noqa: E402
-import stock_graphs as g  # noqa: E402
+from scripts import llm4gen_graphs as lg  # noqa: E402
+from scripts import stock_graphs as g  # noqa: E402
 from compose_support import rows_by_side  # noqa: E402
 from llm4gen_core import load_llm  # noqa: E402
 from llm4gen_core.train.base import load_base  # noqa: E402
@@ -38,7 +38,7 @@ from llm4gen_core.train.objective import sdxl_time_ids  # noqa: E402
 from llm4gen_core.train.samples import Batch  # noqa: E402
 from llm4gen_core.train.unet_layout import diffusers_key_map  # noqa: E402
 from synthetic import sdxl  # noqa: E402
-from train.tiny_models import build_data  # noqa: E402
+from scripts.tiny_training import build_data  # noqa: E402
 from train_support import (  # noqa: E402
     FP32, Run, lora_key_warnings, peft_reference, run_trainer, trainable_state, trained_features,
 )

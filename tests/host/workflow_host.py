@@ -1,6 +1,6 @@
 """One ComfyUI server for the bundled-workflow tests (test_workflows.py, test_browser_frontend.py):
 its base directory holds random stand-ins under every file name the bundled workflows load,
-placed by scripts/smoke_models.py exactly as the headless runner's smoke mode places them.
+placed by scripts.smoke_models exactly as the headless runner's smoke mode places them.
 
     host = workflow_host(tmp_path_factory)     # started once per test session
     host.prompts["llm4gen_sd15_txt2img"]        # the workflow as an API prompt (scripts/workflow_api.py)
@@ -34,7 +34,7 @@ class WorkflowHost:
         self.workflows = {name: load(name) for name in NAMES}
         prompts = {name: workflow_api.ui_to_api(wf, info) for name, wf in self.workflows.items()}
         files = sorted({f"{folder}/{value}" for p in prompts.values() for *_, folder, value in workflow_api.file_inputs(p)})
-        subprocess.run([sys.executable, str(REPO / "scripts" / "smoke_models.py"), str(self.base.root), *files], check=True)
+        subprocess.run([sys.executable, "-m", "scripts.smoke_models", str(self.base.root), *files], check=True, cwd=REPO)
         self.object_info = self.server.object_info()  # ComfyUI re-lists the folders it watches
         self.prompts = {name: workflow_api.ui_to_api(wf, self.object_info) for name, wf in self.workflows.items()}
 

@@ -1,8 +1,10 @@
 """Tiny random LLM text encoders and tokenizers, saved in every layout ``load_llm`` reads.
 
-Everything is built here with transformers / sentencepiece / tokenizers directly (never through
+Everything is built with transformers / sentencepiece / tokenizers directly (never through
 ``llm4gen_core``), small (d_model 32) and deterministic, so tests can compare the pack's output with
-a reference they compute themselves. Each builder returns the path it wrote.
+a reference they compute themselves. Each builder returns the path it wrote. The T5 encoder and the
+sentencepiece tokenizer come from ``scripts.smoke_models`` (the runner's smoke mode and the
+benchmarks use them too); the rest is the tests' own.
 
     tok = tiny_spm_tokenizer(tmp / "tok")                 # folder with a T5-style spiece.model
     model = tiny_t5_encoder()                             # transformers.T5EncoderModel, random
@@ -10,56 +12,18 @@ a reference they compute themselves. Each builder returns the path it wrote.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import torch
 
-# The T5 encoder builders are shared with the headless runner's smoke mode.
-from scripts.smoke_models import T5_TINY, t5_state, tiny_t5_encoder, tiny_t5_rankgen_folder  # noqa: F401
+# The T5 encoder and sentencepiece builders are shared with the headless runner's smoke mode and
+# the benchmarks.
+from scripts.smoke_models import (  # noqa: F401  (re-exported)
+    T5_TINY, t5_state, tiny_corpus, tiny_spm_model, tiny_spm_tokenizer, tiny_t5_encoder, tiny_t5_rankgen_folder,
+)
 
-# Words and scripts the tiny vocabularies learn; characters outside them (emoji, most CJK) are
-# unknown to the tokenizer, as rare characters are to T5's.
-_CORPUS_WORDS = (
-    "a photo of the cat dog sitting on mat under blue sky with red car near old house ground view great pyramids "
-    "sphinx moon surface back astronaut foreground planet earth looms in painting style detailed long dense prompt "
-    "light shadow river mountain tree forest city street night day morning sunset portrait woman man child bird "
-    "pre A The In An photo Photo Ground "
-    "naïve café résumé über straße ünïcödé déjà vu 日本 語 東京 中文 猫 привет мир 123 456 2024 3.14 , . ! ? ' \" - ( )"
-).split()
 T5_VOCAB = 512  # >= tiny spm pieces + 100 sentinels, like T5's 32128 >= 32100
-
-
-def _corpus(lines: int = 400, seed: int = 0) -> list[str]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(lines):
-        n = int(torch.randint(3, 14, (1,), generator=g))
-        idx = torch.randint(0, len(_CORPUS_WORDS), (n,), generator=g).tolist()
-        out.append(" ".join(_CORPUS_WORDS[i] for i in idx))
-    return out
-
-
-def tiny_spm_model(vocab_size: int = 300) -> bytes:
-    """A T5-style sentencepiece Unigram model: nmt_nfkc normalisation, <pad>=0, </s>=1, <unk>=2, no <s>."""
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_corpus()), model_writer=buf, vocab_size=vocab_size, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, normalization_rule_name="nmt_nfkc",
-        num_threads=1, minloglevel=2, hard_vocab_limit=False,
-    )
-    return buf.getvalue()
-
-
-def tiny_spm_tokenizer(folder) -> Path:
-    """A folder holding only ``spiece.model`` (as google/t5-v1_1-* ship it, less the JSON files)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "spiece.model").write_bytes(tiny_spm_model())
-    return folder
 
 
 def tiny_t5_tokenizer_json(folder, spm_folder) -> Path:
@@ -112,7 +76,7 @@ def tiny_bpe_tokenizer(folder) -> Path:
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(_corpus(), trainer)
+    tk.train_from_iterator(tiny_corpus(), trainer)
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
     hf = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
     hf.chat_template = CHAT_TEMPLATE

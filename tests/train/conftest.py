@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from scripts import tiny_training
 from synthetic.train_images import shard_sample, write_folder, write_shard
-from train import tiny_models
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> tiny_models.TinyTraining:
-    return tiny_models.build_all(tmp_path_factory.mktemp("tiny-training"))
+def tiny(tmp_path_factory) -> tiny_training.TinyTraining:
+    return tiny_training.build_all(tmp_path_factory.mktemp("tiny-training"))
 
 
 @pytest.fixture(autouse=True)

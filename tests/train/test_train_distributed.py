@@ -16,7 +16,7 @@ import torch
 from llm4gen_core import load_cross_adapter
 from llm4gen_core.train import state
 
-from train.tiny_models import train_args
+from scripts.tiny_training import train_args
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

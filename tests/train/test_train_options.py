@@ -14,7 +14,7 @@ from llm4gen_core.train import entity, precision
 from llm4gen_core.train.cli import main
 from synthetic.train_images import add_lines, bad_files, shard_sample, write_folder, write_shard
 
-from train.tiny_models import train_args
+from scripts.tiny_training import train_args
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from llm4gen_core import load_cross_adapter, load_llm
 from llm4gen_core.recipe import LLMRecipe
 from llm4gen_core.train.cli import main
 
-from train.tiny_models import RESOLUTION, train_args
+from scripts.tiny_training import RESOLUTION, train_args
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from llm4gen_core.train.objective import sdxl_time_ids
 from llm4gen_core.train.samples import Batch
 from llm4gen_core.train.text import FrozenTextEncoders, drop_captions
 
-from train.tiny_models import SDXL_CLIP_DIMS, SDXL_POOLED, build_sdxl_base, train_args
+from scripts.tiny_training import SDXL_CLIP_DIMS, SDXL_POOLED, build_sdxl_base, train_args
 
 pytestmark = pytest.mark.slow
 

@@ -28,13 +28,12 @@ BOUND = 1.15
 
 CHILD = r"""
 import json, sys
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/tests"]
 import torch
 torch.set_num_threads(1)
 from transformers import T5EncoderModel  # imported before the baseline, as a running ComfyUI has it
 from llm4gen_core import load_llm
 from llm4gen_core.tokenization import load_t5_tokenizer
-load_t5_tokenizer(sys.argv[3])  # the tokenizer's modules too: the baseline is a process ready to load
+load_t5_tokenizer(sys.argv[2])  # the tokenizer's modules too: the baseline is a process ready to load
 
 def status(field):
     for line in open("/proc/self/status"):
@@ -44,7 +43,7 @@ def status(field):
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
 before = status("VmRSS")
-llm = load_llm(sys.argv[2], tokenizer_path=sys.argv[3], dtype=sys.argv[4], device="cpu")
+llm = load_llm(sys.argv[1], tokenizer_path=sys.argv[2], dtype=sys.argv[3], device="cpu")
 peak = status("VmHWM")
 weights = sum(p.numel() * p.element_size() for p in llm.model.parameters())
 print(json.dumps({"growth": peak - before, "weights": weights, "dtype": str(llm.dtype), "repr": repr(llm)}))
@@ -70,8 +69,9 @@ def files(tmp_path_factory):
 
 
 def peak_growth(path, tokenizer, dtype) -> dict:
-    run = subprocess.run([sys.executable, "-c", CHILD, str(REPO), str(path), str(tokenizer), dtype],
-                         capture_output=True, text=True, timeout=600)
+    # From the repository root, where llm4gen_core is importable.
+    run = subprocess.run([sys.executable, "-c", CHILD, str(path), str(tokenizer), dtype],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -56,8 +56,8 @@ def test_other_errors_pass_unchanged():
 def test_the_wrapper_keeps_stdout_and_the_exit_status():
     script = ("import sys; print('Successfully installed x'); "
               f"sys.stderr.write({(IGNORED + HEADER + KNOWN + OTHER_ERROR)!r}); sys.exit(3)")
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "quiet_pip.py"), sys.executable, "-c", script],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "scripts.quiet_pip", sys.executable, "-c", script],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 3
     assert done.stdout == "Successfully installed x\n"
     assert done.stderr == OTHER_ERROR

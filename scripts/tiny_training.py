@@ -3,7 +3,8 @@ UNet and VAE, random weights), a RankGen-layout T5 (48-d) and a folder of genera
 captions. Nothing is downloaded: CLIP's and T5's vocabulary files come from the test host's
 ComfyUI (comfy/sd1_tokenizer, comfy/text_encoders/t5_tokenizer).
 
-Built once per test session into a temp folder (``build_all(folder)``).
+The training tests build them once per session into a temp folder (``build_all(folder)``);
+benchmarks/bench_train.py times training on them.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class TinyTraining:
 
 
 def comfy_tokenizers() -> tuple[Path, Path]:
-    from synthetic.comfy_env import comfyui_root
+    from .comfyui_host import comfyui_root
 
     root = comfyui_root()
     return root / "comfy" / "sd1_tokenizer", root / "comfy" / "text_encoders" / "t5_tokenizer"
@@ -101,7 +102,7 @@ def build_sdxl_base(folder: Path, seed: int = 0) -> Path:
 
 
 def build_llm(folder: Path) -> Path:
-    from synthetic.llm import tiny_t5_encoder, tiny_t5_rankgen_folder
+    from .smoke_models import tiny_t5_encoder, tiny_t5_rankgen_folder
 
     t5 = tiny_t5_encoder(seed=5, vocab_size=32128, d_model=T5_DIM, d_kv=12)
     return tiny_t5_rankgen_folder(folder, t5, fmt="safetensors")

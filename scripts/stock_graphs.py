@@ -1,8 +1,10 @@
-"""Prompts (ComfyUI's API format) built from stock nodes, for host tests to run and extend.
+"""Prompts (ComfyUI's API format) built from stock nodes, for the host tests and the benchmarks
+to run and extend.
 
 Node ids are readable names (ComfyUI accepts any string id); link a node's output with
-``[node_id, output_index]``. ``txt2img`` is the standard SD1.5 graph with the test recorder
-between the model loader and the sampler; tests swap loaders or add nodes by editing the dict.
+``[node_id, output_index]``. ``txt2img`` is the standard SD1.5 graph, by default with the tests'
+recorder node (tests/host/recorder_pack, which their harness loads) between the model loader and
+the sampler; ``record=False`` leaves it out. Callers swap loaders or add nodes by editing the dict.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LLM4GEN additions to the stock prompts of stock_graphs.py (ComfyUI API format).
+"""LLM4GEN additions to the stock prompts of scripts.stock_graphs (ComfyUI API format).
 
 ``with_apply`` keeps the stock CLIPTextEncode nodes and fuses their conditioning with Apply
 LLM4GEN Conditioning; ``with_cross_adapter`` replaces them with CLIP+LLM Cross-Adapter nodes.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-import stock_graphs as g
+from . import stock_graphs as g
 
 LOAD_LLM, LOAD_CAM, ENC_POS, ENC_NEG, FUSE_POS, FUSE_NEG = (
     "llm", "cam", "llm_pos", "llm_neg", "fuse_pos", "fuse_neg")

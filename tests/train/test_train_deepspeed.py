@@ -7,7 +7,10 @@ CPU-only machine (DeepSpeed's CPU accelerator, gloo between the processes), the 
   the uninterrupted run and exports the same weights, bit for bit: each process's optimizer shard
   went into the checkpoint and came back;
 - the checkpoint holds the split optimizer state (one shard per process) and an adapter that loads;
-  a run without DeepSpeed refuses to resume it.
+  a run without DeepSpeed refuses to resume it;
+- cam+lora with --ema: the frozen UNet stays out of the checkpoint, the EMA is what is exported,
+  equal to DDP's, and a resumed run equals the uninterrupted one;
+- ZeRO-3 is refused, with the reason.
 
 DeepSpeed compiles its shared-memory communication op with the C++ compiler on first use (about
 two minutes on a 2-core machine, cached in ~/.cache/torch_extensions afterwards).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm4gen_core import load_cross_adapter
 from llm4gen_core.train import state
@@ -124,6 +129,54 @@ def test_zero2_trains_like_ddp_and_resumes_exactly(tiny, tmp_path):
     assert losses(broken) == zero_losses
     for name in ("adapter.safetensors", "unet/diffusion_pytorch_model.safetensors"):
         assert same_file_content(broken / name, straight / name), name
+
+
+def test_zero2_lora_with_ema(tiny, tmp_path):
+    """cam+lora with --ema: the engine holds a frozen UNet (left out of the checkpoint, so resumed
+    non-strictly), and what is exported is the EMA. Equal to DDP's run; resumed, equal to itself."""
+    flags = ("--checkpoint-every", "1", "--lr", "1e-3", "--lora-rank", "4", "--ema", "--ema-decay", "0.9")
+    zero2, ddp = tmp_path / "zero2", tmp_path / "ddp"
+    run("deepspeed_zero2.yaml", train_args(tiny, zero2, *flags, steps=3, mode="cam+lora"))
+    run("multi_gpu.yaml", train_args(tiny, ddp, *flags, steps=3, mode="cam+lora"))
+    for (_, a), (_, b) in zip(losses(zero2), losses(ddp), strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    from safetensors.torch import load_file
+
+    for name in ("adapter.safetensors", "lora.safetensors"):
+        ours, theirs = load_file(str(zero2 / name)), load_file(str(ddp / name))
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
+    unet_files = {p.name for p in (zero2 / "checkpoint-3" / state.DEEPSPEED_DIR).rglob("*model_states.pt")}
+    assert unet_files == {"mp_rank_00_model_states.pt"}
+    module = torch.load(next((zero2 / "checkpoint-3" / state.DEEPSPEED_DIR).rglob("*model_states.pt")),
+                        map_location="cpu", weights_only=False)["module"]
+    assert module and all("lora" in key or key.startswith("cam.") for key in module)  # the frozen UNet left out
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(zero2, resumed)
+    for path in ("checkpoint-3", "adapter.safetensors", "lora.safetensors"):
+        shutil.rmtree(resumed / path) if (resumed / path).is_dir() else (resumed / path).unlink()
+    run("deepspeed_zero2.yaml", train_args(tiny, resumed, *flags, "--resume", "latest", steps=3, mode="cam+lora"))
+    assert losses(resumed) == losses(zero2)
+    for name in ("adapter.safetensors", "lora.safetensors"):
+        assert same_file_content(resumed / name, zero2 / name), name
+
+
+def test_zero3_is_refused_with_the_reason(tiny, tmp_path):
+    """Stage 3 splits the parameters too, which the EMA, the checkpoint's adapter and the export read
+    whole: the trainer stops before training, saying so."""
+    config = tmp_path / "zero3.yaml"
+    config.write_text((CONFIGS / "deepspeed_zero2.yaml").read_text().replace("zero_stage: 2", "zero_stage: 3"))
+    proc = launch(str(config), train_args(tiny, tmp_path / "zero3", steps=1, mode="cam+unet"))
+    try:
+        _, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            kill_launch(proc)
+    assert proc.returncode != 0
+    assert "DeepSpeed ZeRO stage 3: this trainer supports stage 2 only" in err
+    assert not (tmp_path / "zero3" / "train_log.jsonl").exists()
 
 
 def test_shipped_zero2_config_is_valid():

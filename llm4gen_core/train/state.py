@@ -10,6 +10,12 @@ partial folder is ignored (and removed by the next save). Contents:
 - ``trainer_state.json``: step, batches consumed, skipped-data tally, the settings
 - ``adapter.safetensors``: the adapter at this step, ready for ComfyUI
 
+Under DeepSpeed ZeRO-2 (:mod:`.zero`) the optimizer state is split across the processes, so the
+weights and that state live in ``deepspeed/`` (``accelerator.save_state``: each process writes its
+own shard, the main process the module), ``optimizer.pt`` holds only the LR schedule, and there is
+no ``trainable.safetensors``; ``trainer_state.json`` says ``"engine": "deepspeed"``. Every process
+writes into the same partial folder; the main process alone creates it and renames it.
+
 The data order and all noise come from (seed, rank, micro-step), not from RNG state, so a resumed
 run continues exactly where the uninterrupted one would have been.
 """
@@ -29,6 +35,7 @@ STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
+DEEPSPEED_DIR = "deepspeed"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -65,17 +72,40 @@ def save(output: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_
     """Write checkpoint-``step`` atomically (main process only), then keep the newest ``keep``."""
     from safetensors.torch import save_file
 
-    final = output / f"checkpoint-{step}"
-    partial = output / f".checkpoint-{step}.partial"
+    partial = begin(output, step)
+    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(partial / TRAINABLE_FILE))
+    write_common(partial, optimizer_state, trainer_state, ema, write_extra)
+    return finish(output, step, keep)
+
+
+def partial_folder(output: Path, step: int) -> Path:
+    return output / f".checkpoint-{step}.partial"
+
+
+def begin(output: Path, step: int) -> Path:
+    """A fresh, empty partial folder for checkpoint-``step`` (main process)."""
+    partial = partial_folder(output, step)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(partial / TRAINABLE_FILE))
+    return partial
+
+
+def write_common(partial: Path, optimizer_state: dict, trainer_state: dict,
+                 ema: dict[str, torch.Tensor] | None = None, write_extra=None) -> None:
+    """What every checkpoint has besides the weights; the state file last (main process)."""
+    from safetensors.torch import save_file
+
     if ema is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(partial / EMA_FILE))
     torch.save(optimizer_state, partial / OPTIMIZER_FILE)
     if write_extra is not None:
         write_extra(partial)
     (partial / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+
+
+def finish(output: Path, step: int, keep: int = 2) -> Path:
+    """Make the complete partial folder checkpoint-``step`` (atomic rename), keep the newest ``keep``."""
+    partial, final = partial_folder(output, step), output / f"checkpoint-{step}"
     _sync(partial)
     if final.exists():  # the same step saved again (a resumed run): replace it
         shutil.rmtree(final)
@@ -87,13 +117,15 @@ def save(output: Path, step: int, trainable: dict[str, torch.Tensor], optimizer_
     return final
 
 
-def load(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict, dict[str, torch.Tensor] | None]:
-    """(trainer_state, trainable, optimizer_state, ema or None) of a checkpoint folder."""
+def load(path: Path) -> tuple[dict, dict[str, torch.Tensor] | None, dict, dict[str, torch.Tensor] | None]:
+    """(trainer_state, trainable, optimizer_state, ema or None) of a checkpoint folder; trainable is
+    None for a DeepSpeed checkpoint (its weights are in ``deepspeed/``)."""
     from safetensors.torch import load_file
 
     try:
         trainer_state = json.loads((path / STATE_FILE).read_text())
-        trainable = load_file(str(path / TRAINABLE_FILE))
+        deepspeed = trainer_state.get("engine") == "deepspeed"
+        trainable = None if deepspeed else load_file(str(path / TRAINABLE_FILE))
         optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         ema = load_file(str(path / EMA_FILE)) if (path / EMA_FILE).is_file() else None
     except (OSError, ValueError, RuntimeError) as exc:
@@ -102,8 +134,8 @@ def load(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict, dict[str, tor
 
 
 def _sync(folder: Path) -> None:
-    """Flush the files to disk before the rename makes the checkpoint visible."""
-    for file in folder.iterdir():
+    """Flush the files (DeepSpeed's in subfolders too) to disk before the rename makes the checkpoint visible."""
+    for file in folder.rglob("*"):
         if file.is_file():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())

@@ -149,8 +149,8 @@ def test_zero2_lora_with_ema(tiny, tmp_path):
             torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5)
     unet_files = {p.name for p in (zero2 / "checkpoint-3" / state.DEEPSPEED_DIR).rglob("*model_states.pt")}
     assert unet_files == {"mp_rank_00_model_states.pt"}
-    module = torch.load(next((zero2 / "checkpoint-3" / state.DEEPSPEED_DIR).rglob("*model_states.pt")),
-                        map_location="cpu", weights_only=True)["module"]
+    model_states = next((zero2 / "checkpoint-3" / state.DEEPSPEED_DIR).rglob("*model_states.pt"))
+    module = torch.load(model_states, map_location="cpu", weights_only=True)["module"]
     assert module and all("lora" in key or key.startswith("cam.") for key in module)  # the frozen UNet left out
 
     resumed = tmp_path / "resumed"

@@ -275,7 +275,8 @@ class Trainer:
         trainer_state = {"step": self.step, "micro_step": self.micro_step,
                          "world_size": self.accelerator.num_processes, "skipped": tally.to_dict(),
                          "config": cfg.to_json(), "recipe": self.recipe.to_metadata()}
-        adapter = self._cam_to_export()
+        # Under DeepSpeed every process takes part in gathering the CAM; otherwise only the writer needs it.
+        adapter = self._cam_to_export() if self.main or self.deepspeed else None
         if self.deepspeed:
             self._checkpoint_deepspeed(trainer_state, adapter)
             return

@@ -203,7 +203,7 @@ def _check_max_tokens(max_tokens) -> None:
 
 
 def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer: int = -1,
-             template: str = "plain", prefix: str | None = None) -> LLMEncoder:
+             template: str = "plain", prefix: str | None = None, mmap: bool = True) -> LLMEncoder:
     """Load an LLM text encoder from local files.
 
     path: a model folder (HF layout, or RankGen's with weights under ``t5_encoder.``) or a single
@@ -219,6 +219,9 @@ def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer
         adapter's recipe passed to ``encode`` may still ask a T5 for another layer).
         hidden_layer -1 is the last (after the final norm), k is ``hidden_states[k]`` (0: the
         embeddings). prefix: put before every prompt; None = "pre " for T5, "" for decoders.
+    mmap: a T5 weight stored in the compute dtype stays where it lies in the file's (private,
+        copy-on-write) mapping instead of being copied; the file must then not be overwritten in
+        place while the model is alive (rename a new file over it instead). False copies everything.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -234,7 +237,7 @@ def load_llm(path, tokenizer_path=None, dtype=None, device=None, *, hidden_layer
             f"(RankGen, t5, mt5) and decoder-only LLMs ({', '.join(DECODER_TYPES)})"
         )
     tokenizer = load_t5_tokenizer(_t5_tokenizer_source(path, tokenizer_path))
-    model = load_t5_encoder(path, dtype, config).to(device)
+    model = load_t5_encoder(path, dtype, config, mmap=mmap).to(device)
     _check_vocab_fits(tokenizer, model, path)
     return LLMEncoder(model, tokenizer, "t5-encoder", T5_PREFIX if prefix is None else prefix, -1, str(path))
 

@@ -137,7 +137,7 @@ T5_CONFIG_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_
                     "relative_attention_max_distance", "feed_forward_proj", "layer_norm_epsilon")
 
 
-def load_t5_encoder(path: Path, dtype: torch.dtype, config: dict | None = None):
+def load_t5_encoder(path: Path, dtype: torch.dtype, config: dict | None = None, *, mmap: bool = True):
     """A ``transformers.T5EncoderModel`` from a folder or a single weights file.
 
     ``config`` is the folder's config.json when it is a plain T5/mT5 config: the weights are then
@@ -146,11 +146,13 @@ def load_t5_encoder(path: Path, dtype: torch.dtype, config: dict | None = None):
 
     The files are opened memory-mapped and every tensor's shape and dtype is checked against the
     model before any data is read; then each tensor is read, checked and cast to ``dtype`` on its
-    own (:mod:`.weight_stream`), so the load holds about one copy of the weights in ``dtype``. A file
-    of scaled fp8 weights (:mod:`.fp8`) keeps them in fp8; its layers compute in ``dtype``.
+    own (:mod:`.weight_stream`), so the load holds about one copy of the weights in ``dtype``; a
+    tensor stored in ``dtype`` is used where it lies in the file's mapping (no copy) unless ``mmap``
+    is False. A file of scaled fp8 weights (:mod:`.fp8`) keeps them in fp8; its layers compute in
+    ``dtype``.
     """
     files = [path] if path.is_file() else weight_files(path)
-    with WeightFiles(files, keep=_encoder_only) as weights:
+    with WeightFiles(files, keep=_encoder_only, in_place=mmap) as weights:
         model, state, fp8_weights = open_t5_encoder(weights, path, config, dtype)
         tensors = {}
         for key in sorted(state):

@@ -13,13 +13,20 @@ the weights, in the dtype asked for, and never the whole file besides.
   :func:`~.safe_files.read_torch_checkpoint` itself (the same weights-only unpickler); files outside
   the common layout (big-endian, pre-1.0 storage views) are read whole by torch.load.
 
-Loading a tensor copies it, in chunks of at most :data:`CHUNK_BYTES`, into a fresh tensor of the
-dtype asked for (never a view of the file, so nothing the model holds depends on the file staying
-as it was), checking each chunk first. Pages of a mapped file that a process has read count in its
-resident memory until unmapped, so on Linux each chunk's pages are handed back to the kernel
-(``madvise(MADV_DONTNEED)``) once copied: they stay in the page cache, not in the process. Only
-whole pages inside the chunk's bytes and inside a read-only use of this file's own mapping are
-released; the mapping is private and never written, so a page read again comes back from the file.
+A tensor stored in the dtype asked for is used where it lies: the loaded tensor is a view of the
+file's private (copy-on-write) mapping, read through once by its check, and costs no copy and no
+fresh memory; its pages are the page cache's, which the kernel can drop and read again under
+memory pressure (as transformers and llama.cpp use their weight files). Such a file must not be
+overwritten in place while a model loaded from it is alive (a truncated mapping faults); replace
+it by writing a new file and renaming it over the old one, as ``llm4gen_core.convert`` does.
+
+A tensor stored in another dtype is copied, in chunks of at most :data:`CHUNK_BYTES`, into a fresh
+tensor of the dtype asked for, each chunk checked first. Pages of a mapped file that a process has
+read count in its resident memory until unmapped, so on Linux each copied chunk's pages are handed
+back to the kernel (``madvise(MADV_DONTNEED)``): they stay in the page cache, not in the process.
+Only whole pages inside the chunk's bytes and inside this file's own mapping are released (never a
+page shared with a tensor used in place); those pages are never written, so a page read again
+comes back from the file.
 """
 from __future__ import annotations
 
@@ -62,7 +69,10 @@ class WeightRef:
 class WeightFiles:
     """Several weight files (shards) opened together; ``refs`` maps every kept key to its tensor."""
 
-    def __init__(self, files: list[Path], keep: Callable[[str], bool] = lambda key: True):
+    def __init__(self, files: list[Path], keep: Callable[[str], bool] = lambda key: True, *, in_place: bool = True):
+        """``in_place``: a tensor stored in the dtype asked for is loaded as a view of the file (see
+        above); False copies every tensor (as ComfyUI's ``--disable-mmap`` asks of its own loads)."""
+        self.in_place = in_place
         self.files: list[_WeightFile] = []
         self.refs: dict[str, WeightRef] = {}
         try:
@@ -85,7 +95,7 @@ class WeightFiles:
     def load(self, ref: WeightRef, dtype: torch.dtype, check: Callable[[torch.Tensor], None] | None = None
              ) -> torch.Tensor:
         """A new tensor of ``dtype`` holding the stored one, read, checked and cast chunk by chunk."""
-        return ref.file.load(ref.key, dtype, check)
+        return ref.file.load(ref.key, dtype, check, self.in_place)
 
     def read_chunks(self, ref: WeightRef, check: Callable[[torch.Tensor], None] | None = None):
         """The stored tensor in chunks along dim 0 (views of the file), each checked before it is
@@ -161,18 +171,26 @@ class _WeightFile:
         except Exception as exc:
             raise CheckpointError(self.path, f"corrupt safetensors file: {key}: {first_line(exc)}") from None
 
-    def load(self, key: str, dtype: torch.dtype, check: Callable[[torch.Tensor], None] | None) -> torch.Tensor:
-        """A new tensor of ``dtype`` holding the stored one, read and checked chunk by chunk; the
-        chunks' file pages are released as it goes, and the stored tensor is dropped."""
+    def load(self, key: str, dtype: torch.dtype, check: Callable[[torch.Tensor], None] | None,
+             in_place: bool = True) -> torch.Tensor:
+        """The stored tensor in ``dtype``, checked chunk by chunk. Stored in ``dtype`` already (and
+        contiguous and aligned) and ``in_place``: that tensor itself, a view of the file's private
+        mapping, with no copy. Otherwise a new tensor, cast chunk by chunk, the chunks' file pages
+        released as it goes. Either way this file's reference to the stored tensor is dropped."""
         src = self.tensor(key)
+        if self._tensors is not None:
+            del self._tensors[key]
+        if in_place and src.dtype == dtype and src.is_contiguous() and src.data_ptr() % src.element_size() == 0:
+            if check is not None:
+                for part, _ in _chunks(src, src):
+                    check(part)
+            return src
         dst = torch.empty(src.shape, dtype=dtype)
         for part, out in _chunks(src, dst):
             if check is not None:
                 check(part)
             out.copy_(part)
             self.release(part)
-        if self._tensors is not None:
-            del self._tensors[key]
         return dst
 
     # -- handing read pages back -----------------------------------------------------------------

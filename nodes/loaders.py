@@ -6,6 +6,7 @@ import logging
 import torch
 
 import comfy.model_management as mm
+from comfy.cli_args import args as comfy_args
 from comfy_api.latest import io
 
 from ..llm4gen_core import load_cross_adapter, load_llm, needs_tokenizer_path
@@ -59,7 +60,10 @@ class LoadLLM(io.ComfyNode):
         tokenizer = model_folders.comfy_t5_tokenizer() if needs_tokenizer_path(path) else None
         if tokenizer:
             log.info("LLM4GEN: %s has no T5 tokenizer of its own; using ComfyUI's (%s)", model, tokenizer)
-        llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device)
+        # Weights stored in the compute dtype stay in the file's mapping unless ComfyUI was started with
+        # --disable-mmap (its own switch for files that must not be mapped, e.g. on network drives).
+        llm = load_llm(path, tokenizer_path=tokenizer, dtype=compute_dtype, device=offload_device,
+                       mmap=not comfy_args.disable_mmap)
         patcher = make_patcher(llm.model, load_device, offload_device, partial=True)
         log.info("LLM4GEN: loaded %s (%s, %d-d features, %s weights, computes in %s on %s)", model, llm.kind,
                  llm.hidden_size, llm.weights, compute_dtype, load_device)

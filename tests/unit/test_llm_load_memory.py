@@ -42,11 +42,12 @@ def status(field):
 
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
-before = status("VmRSS")
+before, anon_before = status("VmRSS"), status("RssAnon")
 llm = load_llm(sys.argv[1], tokenizer_path=sys.argv[2], dtype=sys.argv[3], device="cpu")
 peak = status("VmHWM")
 weights = sum(p.numel() * p.element_size() for p in llm.model.parameters())
-print(json.dumps({"growth": peak - before, "weights": weights, "dtype": str(llm.dtype), "repr": repr(llm)}))
+print(json.dumps({"growth": peak - before, "weights": weights, "dtype": str(llm.dtype), "repr": repr(llm),
+                  "anon_growth": status("RssAnon") - anon_before}))
 """
 
 
@@ -103,3 +104,45 @@ def test_a_load_adds_at_most_1_15x_its_weights(files, source, dtype, weights_dty
     assert got["growth"] <= BOUND * got["weights"], (
         f"{source} as {dtype}: peak RSS grew {got['growth'] / 2**20:.0f} MiB for {got['weights'] / 2**20:.0f} MiB "
         f"of weights ({got['growth'] / got['weights']:.2f}x > {BOUND}x)")
+
+
+@pytest.mark.parametrize("source, dtype, in_place", [
+    ("rankgen-bin-fp32", "fp32", True),
+    ("safetensors-fp32", "fp32", True),
+    ("converted-bf16", "bf16", True),
+    ("rankgen-bin-fp32", "bf16", False),
+    ("converted-bf16", "fp32", False),
+])
+def test_weights_stored_in_the_dtype_asked_for_take_no_fresh_memory(files, source, dtype, in_place):
+    """Used where they lie in the file's mapping (page cache), not copied into fresh memory: the
+    process's anonymous memory grows by a fraction of the weights; a cast load grows by them all."""
+    got = peak_growth(files[source], files["tokenizer"], dtype)
+    share = got["anon_growth"] / got["weights"]
+    if in_place:
+        assert share < 0.1, f"{source} as {dtype}: anonymous memory grew {share:.2f}x the weights (copied?)"
+    else:
+        assert share > 0.9, f"{source} as {dtype}: anonymous memory grew only {share:.2f}x the weights"
+
+
+def test_weights_used_in_place_are_views_of_a_private_mapping(files, tmp_path):
+    """A loaded weight lies in the file's mapping, survives the loader closing the file, and writing to
+    it changes the model only, never the file (the mapping is copy-on-write)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from llm4gen_core import load_llm
+    from llm4gen_core.weight_stream import _mappings_of
+
+    path = tmp_path / "t5.safetensors"
+    shutil.copy(files["safetensors-fp32"], path)
+    stored = load_file(str(path))["encoder.block.0.layer.0.SelfAttention.q.weight"].clone()
+    llm = load_llm(path, tokenizer_path=files["tokenizer"], dtype="fp32", device="cpu")
+    weight = llm.model.encoder.block[0].layer[0].SelfAttention.q.weight
+    ranges = _mappings_of(path)
+    start = weight.data_ptr()
+    assert any(lo <= start and start + weight.numel() * 4 <= hi for lo, hi in ranges), "not a view of the file"
+    assert torch.equal(weight, stored)
+    weight.fill_(0.5)
+    assert torch.equal(load_file(str(path))["encoder.block.0.layer.0.SelfAttention.q.weight"], stored)
+    assert bool((weight == 0.5).all())

@@ -33,6 +33,7 @@ from .llm_loading import (
 )
 from .recipe import LLMRecipe
 from .tokenization import HFTokenizer, find_t5_tokenizer_file, has_hf_tokenizer, load_t5_tokenizer
+from .t5_padding import run_once_per_distinct_position
 
 T5_PREFIX = "pre "  # RankGen's marker for a prefix (as opposed to "suffi " for a suffix)
 BATCH_CHUNK = 8     # prompts per encoder call: bounds activation memory for long prompt lists
@@ -188,10 +189,14 @@ class LLMEncoder:
         return EncodedText(hidden, attention_mask.to(device), input_ids.to(device), counts, truncated, recipe)
 
     def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, hidden_layer: int) -> torch.Tensor:
-        if hidden_layer == -1:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states[hidden_layer]
+        def forward(ids, mask):
+            if hidden_layer == -1:
+                return self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            return self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[hidden_layer]
+
+        if self.kind == "t5-encoder":  # pad positions with equal outputs computed once (t5_padding)
+            return run_once_per_distinct_position(self.model, input_ids, attention_mask, forward)
+        return forward(input_ids, attention_mask)
 
 
 KIND_NAMES = {"t5-encoder": "T5 encoder", "decoder": "decoder-only LLM"}  # recipe kinds, for messages

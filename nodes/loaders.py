@@ -51,6 +51,14 @@ class LoadLLM(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, model: str, dtype: str, device: str):
+        """The model's files as they are on disk: replaced or rewritten, it loads again."""
+        try:
+            return model_folders.files_fingerprint(model_folders.llm_path(model))
+        except FileNotFoundError:
+            return ("missing", model)  # execute says where it looked
+
+    @classmethod
     def execute(cls, model: str, dtype: str, device: str) -> io.NodeOutput:
         path = model_folders.llm_path(model)
         load_device = mm.text_encoder_device() if device == "default" else torch.device("cpu")
@@ -88,6 +96,14 @@ class LoadCrossAdapter(io.ComfyNode):
             ],
             outputs=[LLM4GENAdapter.Output(display_name="adapter", tooltip="The Cross-Adapter, for the fusing nodes.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, adapter_name: str):
+        """The adapter file as it is on disk: retrained or replaced, it loads again."""
+        try:
+            return model_folders.files_fingerprint(model_folders.adapter_path(adapter_name))
+        except FileNotFoundError:
+            return ("missing", adapter_name)
 
     @classmethod
     def execute(cls, adapter_name: str) -> io.NodeOutput:

@@ -93,6 +93,23 @@ def llm_path(name: str) -> str:
     )
 
 
+def files_fingerprint(path: str) -> tuple:
+    """What changes when a model file is replaced on disk, by a rename over it or by rewriting it in
+    place: (name, size, mtime_ns, inode) of the file, or of every file directly in the folder. For a
+    loader's ``fingerprint_inputs``, so ComfyUI loads a changed model again instead of serving the
+    old one from its cache (an LLM whose weights are mapped from the file would read the new bytes
+    through the old layout). Never raises: a missing or unreadable path gives a value of its own,
+    and the loader then says what is wrong."""
+    try:
+        if os.path.isdir(path):
+            entries = sorted((e.name, e.stat()) for e in os.scandir(path) if e.is_file())
+        else:
+            entries = [(os.path.basename(path), os.stat(path))]
+        return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in entries)
+    except OSError as exc:
+        return ("unreadable", path, exc.errno)
+
+
 def comfy_t5_tokenizer() -> str:
     """ComfyUI's bundled T5 (v1.1) sentencepiece vocabulary: the one RankGen uses."""
     import comfy.model_management

@@ -94,7 +94,8 @@ class WeightFiles:
 
     def load(self, ref: WeightRef, dtype: torch.dtype, check: Callable[[torch.Tensor], None] | None = None
              ) -> torch.Tensor:
-        """A new tensor of ``dtype`` holding the stored one, read, checked and cast chunk by chunk."""
+        """The stored tensor in ``dtype``, checked: the stored one itself where it is in ``dtype``
+        already and ``in_place``, else a new tensor, read and cast chunk by chunk."""
         return ref.file.load(ref.key, dtype, check, self.in_place)
 
     def read_chunks(self, ref: WeightRef, check: Callable[[torch.Tensor], None] | None = None):

@@ -88,8 +88,6 @@ def test_an_error_inside_leaves_the_model_as_it_was(model):
 def test_encode_through_load_llm_inner_layers_and_bf16(tmp_path, model):
     """LLMEncoder.encode uses the plan: the last and an inner hidden state equal transformers' full
     forward on the same ids, in fp32 and (looser) bf16, for a batch with an empty prompt."""
-    from llm4gen_core.recipe import LLMRecipe  # noqa: F401  (the recipe type encode takes)
-
     tok = tiny_spm_tokenizer(tmp_path / "tok")
     folder = tiny_t5_rankgen_folder(tmp_path / "rankgen", model)
     prompts = ["", "a red cube on a blue sphere", "a photo of a cat sitting on a mat under blue sky"]

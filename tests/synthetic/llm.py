@@ -61,6 +61,16 @@ def tiny_t5_safetensors(path, model, key_prefix: str = "") -> Path:
     return path
 
 
+def in_file_mapping(tensor: torch.Tensor, path) -> bool:
+    """Whether all of ``tensor``'s bytes lie in this process's mapping of the file ``path`` (Linux:
+    /proc/self/maps), i.e. it was loaded in place rather than copied."""
+    from llm4gen_core.weight_stream import _mappings_of
+
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    return any(lo <= start and end <= hi for lo, hi in _mappings_of(Path(path)))
+
+
 # ---- decoder-only ---------------------------------------------------------------------------
 
 CHAT_TEMPLATE = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>{% endfor %}"

@@ -132,16 +132,14 @@ def test_weights_used_in_place_are_views_of_a_private_mapping(files, tmp_path):
     from safetensors.torch import load_file
 
     from llm4gen_core import load_llm
-    from llm4gen_core.weight_stream import _mappings_of
+    from synthetic.llm import in_file_mapping
 
     path = tmp_path / "t5.safetensors"
     shutil.copy(files["safetensors-fp32"], path)
     stored = load_file(str(path))["encoder.block.0.layer.0.SelfAttention.q.weight"].clone()
     llm = load_llm(path, tokenizer_path=files["tokenizer"], dtype="fp32", device="cpu")
     weight = llm.model.encoder.block[0].layer[0].SelfAttention.q.weight
-    ranges = _mappings_of(path)
-    start = weight.data_ptr()
-    assert any(lo <= start and start + weight.numel() * 4 <= hi for lo, hi in ranges), "not a view of the file"
+    assert in_file_mapping(weight, path), "not a view of the file"
     assert torch.equal(weight, stored)
     weight.fill_(0.5)
     assert torch.equal(load_file(str(path))["encoder.block.0.layer.0.SelfAttention.q.weight"], stored)
